@@ -1,0 +1,46 @@
+# ploke-io-server — the two commands: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 2087
+ROOT   ?= $(CURDIR)
+TOKEN_FILE ?= $(ROOT)/.ploke-io/token
+
+.PHONY: serve test lint typecheck unit bench install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the daemon over TCP on $(HOST):$(PORT), rooted at $(ROOT); token in $(TOKEN_FILE).
+serve: $(STAMP)
+	$(VENV)/bin/ploke-io-server --tcp --host $(HOST) --port $(PORT) \
+		--root $(ROOT) --token-file $(TOKEN_FILE)
+
+## Lint, type-check and run the whole test suite.
+test: $(STAMP) lint typecheck unit
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+## Benchmarks (installs the npm peer on first use); results go to stdout.
+bench: $(STAMP)
+	$(PY) benchmarks/bench_read.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

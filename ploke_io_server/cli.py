@@ -1,0 +1,174 @@
+"""Command line: flags -> Config -> serve over stdio (default) or TCP."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import (
+    DEFAULT_DEBOUNCE_MS,
+    DEFAULT_MAX_BATCH_ITEMS,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FD_LIMIT_ENV,
+    Config,
+    ConfigError,
+    SymlinkPolicy,
+)
+
+__all__ = ["build_parser", "main"]
+
+LOG_ENV = "PLOKE_IO_LOG"
+log = logging.getLogger("ploke_io_server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ploke-io-server",
+        description="File I/O daemon for coding agents and editors (LSP-style JSON-RPC).",
+        epilog=(
+            f"Environment: {FD_LIMIT_ENV} (concurrency limit, clamped 4..1024), "
+            f"{LOG_ENV} (log level). Flags win over the environment."
+        ),
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "--root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="allowed root (repeatable); default: the client's workspace folders, else the cwd",
+    )
+    p.add_argument(
+        "--symlink-policy",
+        choices=[m.value for m in SymlinkPolicy],
+        default=None,
+        help="how symlinks are followed (default denyCrossRoot); a client may only tighten it",
+    )
+    p.add_argument(
+        "--fd-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"concurrent file operations, clamped 4..1024 (default: ${FD_LIMIT_ENV}, "
+        "else min(100, RLIMIT_NOFILE/3), else 50)",
+    )
+    p.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"largest file read into memory (default {DEFAULT_MAX_FILE_BYTES}); TooLarge beyond",
+    )
+    p.add_argument(
+        "--max-batch-items",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"most items in one batch request (default {DEFAULT_MAX_BATCH_ITEMS})",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"largest JSON-RPC message accepted (default {DEFAULT_MAX_MESSAGE_BYTES})",
+    )
+    p.add_argument(
+        "--debounce-ms",
+        type=int,
+        default=None,
+        metavar="MS",
+        help=f"watcher debounce (default {DEFAULT_DEBOUNCE_MS})",
+    )
+    p.add_argument("--watch", action="store_true", help="watch the roots for every client")
+    p.add_argument("--tcp", action="store_true", help="serve over TCP instead of stdio")
+    p.add_argument("--host", default="127.0.0.1", help="TCP host (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=2087, help="TCP port (default 2087; 0 = any)")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="TCP auth token file, created (0600) if missing "
+        "(default: <first root>/.ploke-io/token)",
+    )
+    p.add_argument("--no-auth", action="store_true", help="TCP without a token (explicitly)")
+    p.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help=f"stderr log level (default: ${LOG_ENV}, else warning)",
+    )
+    return p
+
+
+def _setup_logging(level_name: str | None) -> None:
+    name = (level_name or os.environ.get(LOG_ENV) or "warning").upper()
+    level = getattr(logging, name, logging.WARNING)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pygls logs every message it sends at INFO: keep it quiet unless debugging.
+    logging.getLogger("pygls").setLevel(max(level, logging.WARNING))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        config = Config.from_sources(
+            roots=args.root,
+            symlink_policy=args.symlink_policy,
+            fd_limit=args.fd_limit,
+            max_file_bytes=args.max_file_bytes,
+            max_batch_items=args.max_batch_items,
+            max_message_bytes=args.max_message_bytes,
+            debounce_ms=args.debounce_ms,
+            watch=args.watch,
+        )
+    except ConfigError as exc:
+        print(f"ploke-io-server: {exc}", file=sys.stderr)
+        return 2
+
+    from .engine import IoManager
+    from .server.transport import load_or_create_token, serve_stdio, serve_tcp
+
+    async def run() -> int:
+        engine = IoManager(config)
+        if not args.tcp:
+            return await serve_stdio(engine)
+        token: str | None = None
+        if not args.no_auth:
+            path = args.token_file or os.path.join(config.roots[0], ".ploke-io", "token")
+            try:
+                token = load_or_create_token(path)
+            except (OSError, ValueError) as exc:
+                print(f"ploke-io-server: token file: {exc}", file=sys.stderr)
+                return 2
+            print(f"token file: {path}", file=sys.stderr, flush=True)
+        if not _is_loopback(args.host):
+            log.warning("serving on %s: reachable beyond this machine", args.host)
+        try:
+            return await serve_tcp(engine, args.host, args.port, token)
+        except OSError as exc:
+            print(f"ploke-io-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 2
+
+    return asyncio.run(run())
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

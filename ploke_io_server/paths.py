@@ -1,0 +1,387 @@
+"""Path policy: which paths may be touched, and a race-free way to open them.
+
+Every path goes through a :class:`Resolver`, which walks it one component at a time from a
+directory file descriptor of its root, opening each directory with ``O_NOFOLLOW`` and the
+final file with ``O_NOFOLLOW`` relative to its parent's descriptor. The containment check and
+the open are therefore the same operation: a symlink or directory swapped in during the walk
+is seen as a symlink (and judged by the policy), never followed blindly. Symlinks are followed
+by reading them and continuing the walk, under the :class:`~ploke_io_server.config.SymlinkPolicy`.
+
+``..`` is taken physically inside a root; at the top of a root it continues lexically from the
+root's canonical parent and is only allowed to come back into a root (``/r/../r/a`` is fine,
+``/r/../etc`` is OutsideRoots).
+
+A Resolver caches directory descriptors for one batch (keyed by the physical component path
+under the root, which is only ever reached without following a symlink), so a batch of files in
+the same directories costs one ``openat`` per file. Messages name paths relative to the root
+as the client spelled them, never a resolved path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+import attrs
+
+from .config import SymlinkPolicy
+from .errors import ErrorKind, PlokeIoError, from_os_error
+
+__all__ = [
+    "MAX_SYMLINK_HOPS",
+    "OpenedFile",
+    "PathPolicy",
+    "Resolver",
+    "Root",
+    "check_path_string",
+]
+
+MAX_SYMLINK_HOPS = 40
+_DIR_CACHE_MAX = 512
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
+_DIR_FLAGS = _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | _O_CLOEXEC
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Root:
+    """An allowed root: ``path`` as configured (absolute, normalised) and its ``real`` path."""
+
+    path: str
+    real: str
+
+    @classmethod
+    def of(cls, path: str) -> Root:
+        path = os.path.normpath(os.path.abspath(path))
+        return cls(path=path, real=os.path.realpath(path))
+
+    def spellings(self) -> tuple[str, ...]:
+        return (self.path,) if self.path == self.real else (self.path, self.real)
+
+
+def _under(path: str, prefix: str) -> str | None:
+    """The rest of ``path`` below ``prefix`` ('' for the prefix itself), or None."""
+    if path == prefix:
+        return ""
+    if prefix == "/":
+        return path[1:]
+    if path.startswith(prefix) and path[len(prefix)] == "/":
+        return path[len(prefix) + 1 :]
+    return None
+
+
+def check_path_string(path: object) -> str:
+    """Reject what is not an absolute path string (InvalidPath) before any lookup."""
+    if not isinstance(path, str):
+        raise PlokeIoError(ErrorKind.InvalidPath, "filePath must be a string")
+    if not path:
+        raise PlokeIoError(ErrorKind.InvalidPath, "filePath is empty")
+    if "\x00" in path:
+        raise PlokeIoError(ErrorKind.InvalidPath, "filePath contains a NUL byte")
+    if not path.startswith("/"):
+        raise PlokeIoError(ErrorKind.InvalidPath, f"{path!r} is not an absolute path")
+    return path
+
+
+@attrs.frozen
+class PathPolicy:
+    """Roots plus symlink policy: the rules of one session."""
+
+    roots: tuple[Root, ...]
+    symlink_policy: SymlinkPolicy = SymlinkPolicy.DENY_CROSS_ROOT
+
+    @classmethod
+    def of(cls, roots: Iterable[str], symlink_policy: SymlinkPolicy) -> PathPolicy:
+        return cls(roots=tuple(Root.of(r) for r in roots), symlink_policy=symlink_policy)
+
+    def root_paths(self) -> list[str]:
+        return [r.path for r in self.roots]
+
+    def match(self, path: str) -> tuple[int, str] | None:
+        """The (root index, rest) of the deepest root containing ``path`` lexically."""
+        best: tuple[int, str] | None = None
+        best_len = -1
+        for i, root in enumerate(self.roots):
+            for prefix in root.spellings():
+                rest = _under(path, prefix)
+                if rest is not None and len(prefix) > best_len:
+                    best, best_len = (i, rest), len(prefix)
+        return best
+
+    def root_at(self, path: str) -> int | None:
+        """The index of the root whose path (either spelling) is exactly ``path``."""
+        for i, root in enumerate(self.roots):
+            if path in root.spellings():
+                return i
+        return None
+
+    def contains_dir(self, directory: str) -> bool:
+        """True if the directory (after resolving symlinks) lies inside one of the roots."""
+        real = os.path.realpath(directory)
+        return any(_under(real, r.real) is not None for r in self.roots)
+
+    def narrow(self, requested: Sequence[str]) -> tuple[PathPolicy, list[str]]:
+        """Keep the requested roots that lie inside this policy's roots; report the others."""
+        kept: list[Root] = []
+        rejected: list[str] = []
+        for raw in requested:
+            root = Root.of(raw)
+            if os.path.isdir(root.real) and self.contains_dir(root.real):
+                if root not in kept:
+                    kept.append(root)
+            else:
+                rejected.append(raw)
+        if not kept:
+            return self, rejected
+        return attrs.evolve(self, roots=tuple(kept)), rejected
+
+
+@attrs.frozen
+class OpenedFile:
+    """A regular file opened for reading; the caller closes ``fd``."""
+
+    fd: int
+    size: int
+    shown: str
+    st: os.stat_result
+
+
+class _FollowLink(Exception):
+    """Raised by a final-component operation when it met a symlink."""
+
+
+class Resolver:
+    """Resolves and opens paths for one batch under a :class:`PathPolicy`.
+
+    Thread-safe: the executor's workers share it. Close it only when they are done.
+    """
+
+    def __init__(self, policy: PathPolicy) -> None:
+        self.policy = policy
+        self._root_fds: dict[int, int] = {}
+        self._dirs: dict[tuple[int, str], int] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __enter__(self) -> Resolver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            fds = list(self._dirs.values()) + list(self._root_fds.values())
+            self._dirs.clear()
+            self._root_fds.clear()
+        for fd in fds:
+            os.close(fd)
+
+    # -- public operations -------------------------------------------------------------------
+
+    def open_read(self, path: str) -> OpenedFile:
+        """Open a regular file for reading (O_NOFOLLOW, non-blocking for FIFOs)."""
+
+        def final(dir_fd: int, name: str, shown: str) -> OpenedFile:
+            try:
+                fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise _FollowLink from None
+                if exc.errno == errno.ENXIO:  # a socket
+                    raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file") from None
+                raise from_os_error(exc, shown) from None
+            try:
+                st = os.fstat(fd)
+            except OSError as exc:
+                os.close(fd)
+                raise from_os_error(exc, shown) from None
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file")
+            return OpenedFile(fd=fd, size=st.st_size, shown=shown, st=st)
+
+        return self.walk(path, final)
+
+    def shown(self, path: str) -> str:
+        """The root-relative spelling of ``path`` used in messages."""
+        m = self.policy.match(path) if isinstance(path, str) else None
+        return (m[1] or ".") if m else path
+
+    # -- the walk ------------------------------------------------------------------------------
+
+    def walk(self, path: str, final: Callable[[int, str, str], T]) -> T:
+        """Resolve ``path`` under the policy and apply ``final(dir_fd, name, shown)``.
+
+        ``final`` raises :class:`_FollowLink` when the last component is a symlink; the walk
+        then follows it (if the policy allows) and calls ``final`` again on the target.
+        """
+        check_path_string(path)
+        matched = self.policy.match(path)
+        if matched is None:
+            raise PlokeIoError(ErrorKind.OutsideRoots, f"{path!r} is not under any allowed root")
+        root, rest = matched
+        shown = rest or "."
+        # Fast path: a plain path whose parent directory this batch has already opened.
+        if rest and "//" not in rest and "/." not in rest and not rest.startswith("."):
+            cut = rest.rfind("/")
+            fd = self._root_fd(root, shown) if cut < 0 else self._dirs.get((root, rest[:cut]))
+            if fd is not None:
+                try:
+                    return final(fd, rest[cut + 1 :], shown)
+                except _FollowLink:
+                    pass
+        return self._slow_walk(root, rest, shown, final)
+
+    def _slow_walk(self, root: int, rest: str, shown: str, final: Callable[[int, str, str], T]) -> T:
+        policy = self.policy.symlink_policy
+        queue: deque[str] = deque(c for c in rest.split("/") if c and c != ".")
+        names: list[str] = []  # physical components below the root
+        fds: list[int] = []  # the descriptor of each component in ``names``
+        owned: list[int] = []  # descriptors this walk opened and could not cache
+        outside: list[str] | None = None  # lexical position while above every root
+        link_root: int | None = None  # the root in which the first symlink was followed
+        hops = 0
+        try:
+            while queue:
+                comp = queue.popleft()
+                if outside is not None:
+                    if comp == "..":
+                        if outside:
+                            outside.pop()
+                    else:
+                        outside.append(comp)
+                    again = self.policy.root_at("/" + "/".join(outside))
+                    if again is not None:
+                        if (
+                            link_root is not None
+                            and again != link_root
+                            and policy is SymlinkPolicy.DENY_CROSS_ROOT
+                        ):
+                            raise _outside(shown, "symlink target leaves its root")
+                        root, names, fds, outside = again, [], [], None
+                    continue
+                if comp == "..":
+                    if names:
+                        names.pop()
+                        fds.pop()
+                    else:
+                        outside = self.policy.roots[root].real.split("/")[1:-1]
+                    continue
+                parent = fds[-1] if fds else self._root_fd(root, shown)
+                if queue:
+                    child = self._open_dir(parent, comp, shown)
+                    if child is not None:
+                        names.append(comp)
+                        fds.append(self._remember(root, names, child, owned))
+                        continue
+                    target = self._read_link(parent, comp, shown, policy)
+                else:
+                    try:
+                        return final(parent, comp, shown)
+                    except _FollowLink:
+                        target = self._read_link(parent, comp, shown, policy)
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise PlokeIoError(ErrorKind.Io, f"{shown}: too many levels of symbolic links")
+                if link_root is None:
+                    link_root = root
+                if target.startswith("/"):
+                    m = self._match_target(target, link_root, policy)
+                    if m is None:
+                        raise _outside(shown, "symlink target is outside the allowed roots")
+                    root, names, fds = m[0], [], []
+                    target = m[1]
+                queue.extendleft(reversed([c for c in target.split("/") if c and c != "."]))
+            if outside is not None:
+                raise _outside(shown, "path leaves the roots")
+            raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file (a directory)")
+        finally:
+            for fd in owned:
+                os.close(fd)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _match_target(
+        self, target: str, link_root: int, policy: SymlinkPolicy
+    ) -> tuple[int, str] | None:
+        """Where an absolute symlink target lands: its own root, or (policy) any root."""
+        if policy is SymlinkPolicy.DENY_CROSS_ROOT:
+            for prefix in self.policy.roots[link_root].spellings():
+                rest = _under(target, prefix)
+                if rest is not None:
+                    return link_root, rest
+            return None
+        return self.policy.match(target)
+
+    def _root_fd(self, root: int, shown: str) -> int:
+        fd = self._root_fds.get(root)
+        if fd is not None:
+            return fd
+        try:
+            fd = os.open(self.policy.roots[root].real, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        except OSError as exc:
+            raise from_os_error(exc, shown) from None
+        with self._lock:
+            if self._closed:
+                os.close(fd)
+                raise PlokeIoError(ErrorKind.Io, f"{shown}: operation cancelled")
+            existing = self._root_fds.setdefault(root, fd)
+        if existing != fd:
+            os.close(fd)
+        return existing
+
+    def _remember(self, root: int, names: list[str], fd: int, owned: list[int]) -> int:
+        """Cache a directory descriptor for the batch; returns the descriptor to use."""
+        key = (root, "/".join(names))
+        with self._lock:
+            if not self._closed:
+                existing = self._dirs.get(key)
+                if existing is not None:
+                    os.close(fd)
+                    return existing
+                if len(self._dirs) < _DIR_CACHE_MAX:
+                    self._dirs[key] = fd
+                    return fd
+        owned.append(fd)
+        return fd
+
+    @staticmethod
+    def _open_dir(parent: int, name: str, shown: str) -> int | None:
+        """Open a directory component; None if it is a symlink."""
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                try:
+                    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                except OSError as exc2:
+                    raise from_os_error(exc2, shown) from None
+                if stat.S_ISLNK(st.st_mode):
+                    return None
+                raise PlokeIoError(
+                    ErrorKind.NotFound, f"{shown}: a parent is not a directory"
+                ) from None
+            raise from_os_error(exc, shown) from None
+
+    @staticmethod
+    def _read_link(parent: int, name: str, shown: str, policy: SymlinkPolicy) -> str:
+        if policy is SymlinkPolicy.DENY:
+            raise _outside(shown, "path goes through a symlink (symlinkPolicy deny)")
+        try:
+            return os.readlink(name, dir_fd=parent)
+        except OSError as exc:
+            raise from_os_error(exc, shown) from None
+
+
+def _outside(shown: str, why: str) -> PlokeIoError:
+    return PlokeIoError(ErrorKind.OutsideRoots, f"{shown}: {why}")

@@ -1,0 +1,408 @@
+"""One client connection: framing, the LSP lifecycle of the contract, dispatch to pygls.
+
+pygls does the per-method dispatch, cancellation (``$/cancelRequest``), progress and the
+serialisation of results. This module owns what pygls 2.1 leaves out or gets wrong for us:
+
+* reading frames robustly: a bad header, a non-JSON body or an oversized message gets a
+  JSON-RPC error and the connection keeps going;
+* the lifecycle: -32002 before ``initialize``, -32600 after ``shutdown``, ``exit`` and EOF
+  ending this connection (never ``sys.exit`` from inside a callback);
+* the TCP token check and the session (roots, symlink policy, watch) set at ``initialize``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import attrs
+from lsprotocol import types as lsp
+from pygls.exceptions import JsonRpcException
+
+from ..config import ConfigError, SymlinkPolicy
+from ..engine import IoManager
+from ..methods import PLOKE_REQUESTS
+from ..paths import PathPolicy
+from .handlers import register_handlers
+from .models import REQUEST_TYPES, ParamsError, parse_init_options
+from .protocol import PlokeLanguageServer
+
+__all__ = ["Connection", "FrameWriter", "Session"]
+
+log = logging.getLogger(__name__)
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+SERVER_NOT_INITIALIZED = -32002
+
+_MAX_HEADER_LINE = 64 * 1024
+# How strict each policy is: a client may pick one at least as strict as an operator's choice.
+_STRICTNESS = {
+    SymlinkPolicy.FOLLOW_WITHIN_ROOTS: 0,
+    SymlinkPolicy.DENY_CROSS_ROOT: 1,
+    SymlinkPolicy.DENY: 2,
+}
+
+
+class State(enum.Enum):
+    NEW = "new"
+    READY = "ready"
+    SHUTDOWN = "shutdown"
+
+
+@attrs.define
+class Session:
+    """What one client chose at ``initialize``."""
+
+    policy: PathPolicy
+    watch: bool = False
+
+
+class FrameWriter:
+    """The writer pygls is given (without headers): frames each body it receives."""
+
+    def __init__(self, write: Callable[[bytes], None], close: Callable[[], None]) -> None:
+        self._write = write
+        self._close = close
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self._write(b"Content-Length: %d\r\n\r\n" % len(data))
+            self._write(data)
+        except (ConnectionError, RuntimeError, OSError) as exc:
+            log.info("client went away while writing: %s", exc)
+            self.closed = True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._close()
+
+
+class _FrameError(Exception):
+    """A frame that cannot be read as a message; the connection goes on."""
+
+
+class Connection:
+    """Serve one client until ``exit``, EOF or a broken transport; returns the exit code."""
+
+    def __init__(
+        self,
+        engine: IoManager,
+        reader: asyncio.StreamReader,
+        write: Callable[[bytes], None],
+        close: Callable[[], None],
+        *,
+        auth_token: str | None = None,
+        name: str = "stdio",
+    ) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self.reader = reader
+        self.name = name
+        self.auth_token = auth_token
+        self.state = State.NEW
+        self.session = Session(policy=engine.policy, watch=engine.config.watch)
+        self.inflight: set[asyncio.Task[Any]] = set()
+        self.server = PlokeLanguageServer()
+        self.protocol = self.server.protocol
+        self.writer = FrameWriter(write, close)
+        self.protocol.set_writer(self.writer, include_headers=False)
+        self._closing = False
+        self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        register_handlers(self.server, self)
+
+    def stop(self) -> None:
+        """End the connection as if the client closed it (SIGTERM, server stop)."""
+        self._closing = True
+        if not self._stopped.done():
+            self._stopped.set_result(None)
+
+    async def _next_frame(self) -> bytes | None:
+        """The next frame, or None at EOF or when the connection is stopped."""
+        read = asyncio.ensure_future(self._read_frame())
+        await asyncio.wait((read, self._stopped), return_when=asyncio.FIRST_COMPLETED)
+        if not read.done():
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
+            return None
+        return read.result()
+
+    # -- main loop -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Read and dispatch messages; on the way out, let in-flight requests finish."""
+        exit_code = 1
+        try:
+            while not self._closing:
+                try:
+                    body = await self._next_frame()
+                except _FrameError as exc:
+                    self.send_error(None, PARSE_ERROR, str(exc))
+                    continue
+                if body is None:  # EOF
+                    exit_code = 0 if self.state is State.SHUTDOWN else 1
+                    break
+                code = self._handle_body(body)
+                if code is not None:
+                    exit_code = code
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.info("%s: connection lost: %s", self.name, exc)
+        finally:
+            await self._drain_inflight()
+            self.writer.close()
+        return exit_code
+
+    async def _drain_inflight(self) -> None:
+        if self.inflight:
+            await asyncio.gather(*self.inflight, return_exceptions=True)
+
+    async def _read_frame(self) -> bytes | None:
+        length: int | None = None
+        problem: str | None = None
+        seen_header = False
+        while True:
+            try:
+                line = await self.reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial.strip():
+                    log.info("%s: EOF inside a header", self.name)
+                return None
+            except asyncio.LimitOverrunError as exc:
+                # Discard the over-long line (without a newline yet) and report it once.
+                await self.reader.readexactly(exc.consumed)
+                problem = "malformed header: line too long"
+                seen_header = True
+                continue
+            if line in (b"\r\n", b"\n"):
+                if not seen_header:
+                    continue  # stray blank line between messages
+                break
+            seen_header = True
+            name, sep, value = line.partition(b":")
+            if not sep:
+                problem = problem or f"malformed header line {line[:80]!r}"
+                continue
+            if name.strip().lower() == b"content-length":
+                try:
+                    length = int(value.strip())
+                    if length < 0:
+                        raise ValueError
+                except ValueError:
+                    problem = problem or f"invalid Content-Length {value.strip()[:40]!r}"
+                    length = None
+        if problem is None and length is None:
+            problem = "missing Content-Length header"
+        if problem is not None:
+            if length is not None:
+                await self._discard(length)
+            raise _FrameError(problem)
+        assert length is not None
+        if length > self.config.max_message_bytes:
+            await self._discard(length)
+            raise _FrameError(
+                f"message of {length} bytes exceeds the limit of "
+                f"{self.config.max_message_bytes} bytes (--max-message-bytes)"
+            )
+        return await self.reader.readexactly(length)
+
+    async def _discard(self, length: int) -> None:
+        while length > 0:
+            chunk = await self.reader.read(min(length, 1 << 20))
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", length)
+            length -= len(chunk)
+
+    # -- one message -----------------------------------------------------------------------------
+
+    def _handle_body(self, body: bytes) -> int | None:
+        """Handle one message; returns an exit code when the connection must end."""
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            self.send_error(None, PARSE_ERROR, f"parse error: {exc}")
+            return None
+        if not isinstance(data, dict):
+            self.send_error(None, INVALID_REQUEST, "expected a JSON object (batches are not supported)")
+            return None
+        msg_id = data.get("id")
+        has_id = "id" in data and (isinstance(msg_id, int | str) and not isinstance(msg_id, bool))
+        if "id" in data and not has_id and msg_id is not None:
+            self.send_error(None, INVALID_REQUEST, "id must be an integer or a string")
+            return None
+        method = data.get("method")
+        if data.get("jsonrpc") != "2.0":
+            self.send_error(msg_id if has_id else None, INVALID_REQUEST, 'jsonrpc must be "2.0"')
+            return None
+        if method is None:
+            if has_id and ("result" in data or "error" in data):
+                self._pass_to_pygls(data, None)  # a response to a request of ours
+            else:
+                self.send_error(msg_id if has_id else None, INVALID_REQUEST, "missing method")
+            return None
+        if not isinstance(method, str):
+            self.send_error(msg_id if has_id else None, INVALID_REQUEST, "method must be a string")
+            return None
+        if method == lsp.EXIT:
+            return 0 if self.state is State.SHUTDOWN else 1
+        if self.state is State.NEW:
+            if method == lsp.INITIALIZE and has_id:
+                self._initialize(data, msg_id)
+            elif has_id:
+                self.send_error(msg_id, SERVER_NOT_INITIALIZED, "server not initialized")
+            return None
+        if self.state is State.SHUTDOWN:
+            if has_id:
+                self.send_error(msg_id, INVALID_REQUEST, "server is shutting down")
+            return None
+        if method == lsp.INITIALIZE:
+            if has_id:
+                self.send_error(msg_id, INVALID_REQUEST, "already initialized")
+            return None
+        if method == lsp.SHUTDOWN:
+            self.state = State.SHUTDOWN
+        if method in PLOKE_REQUESTS:
+            if not has_id:
+                log.warning("%s: ignoring %s sent as a notification", self.name, method)
+                return None
+            self.engine.counters.requests[method] += 1
+        self._pass_to_pygls(data, msg_id if has_id else None)
+        return None
+
+    def _pass_to_pygls(self, data: dict[str, Any], msg_id: Any) -> None:
+        entry = REQUEST_TYPES.get(data.get("method", ""))
+        try:
+            if entry is not None and msg_id is not None:
+                message: Any = entry[0](id=msg_id, params=entry[1](data.get("params")))
+            else:
+                message = self.protocol.structure_message(data)
+        except ParamsError as exc:
+            self.send_error(msg_id, INVALID_PARAMS, f"invalid params: {exc}")
+            return
+        except JsonRpcException as exc:
+            cause = exc.__cause__
+            detail = f": {cause}" if cause is not None else ""
+            self.send_error(msg_id, exc.code, f"{exc.message or 'invalid message'}{detail}")
+            return
+        self.protocol.handle_message(message)
+
+    # -- initialize ------------------------------------------------------------------------------
+
+    def _initialize(self, data: dict[str, Any], msg_id: Any) -> None:
+        params = data.get("params")
+        raw_opts = params.get("initializationOptions") if isinstance(params, dict) else None
+        if self.auth_token is not None:
+            given = raw_opts.get("authToken") if isinstance(raw_opts, dict) else None
+            if not isinstance(given, str) or not hmac.compare_digest(
+                given.encode(), self.auth_token.encode()
+            ):
+                log.warning("%s: initialize with a wrong or missing auth token", self.name)
+                self.send_error(msg_id, INVALID_REQUEST, "authentication failed: wrong or missing authToken")
+                self._closing = True
+                return
+        try:
+            opts = parse_init_options(raw_opts)
+            message = self.protocol.structure_message(data)
+            session, warnings = self._session_for(message.params, opts)
+        except ParamsError as exc:
+            self.send_error(msg_id, INVALID_PARAMS, f"invalid params: {exc}")
+            return
+        except JsonRpcException as exc:
+            cause = exc.__cause__
+            self.send_error(msg_id, exc.code, f"invalid initialize params: {cause or exc.message}")
+            return
+        self.session = session
+        self.state = State.READY
+        for text in warnings:
+            log.warning("%s: %s", self.name, text)
+            self.server.window_log_message(
+                lsp.LogMessageParams(type=lsp.MessageType.Warning, message=text)
+            )
+        self.protocol.handle_message(message)
+
+    def _session_for(
+        self, params: lsp.InitializeParams, opts: Any
+    ) -> tuple[Session, list[str]]:
+        warnings: list[str] = []
+        base = self.engine.policy
+        policy = base
+        if opts.symlink_policy is not None:
+            try:
+                wanted = SymlinkPolicy.parse(opts.symlink_policy)
+            except ConfigError as exc:
+                raise ParamsError("initializationOptions.symlinkPolicy", str(exc)) from None
+            if (
+                self.config.symlink_policy_from_cli
+                and _STRICTNESS[wanted] < _STRICTNESS[base.symlink_policy]
+            ):
+                warnings.append(
+                    f"symlinkPolicy {wanted.value!r} is looser than the server's "
+                    f"{base.symlink_policy.value!r}; keeping {base.symlink_policy.value!r}"
+                )
+            else:
+                policy = attrs.evolve(policy, symlink_policy=wanted)
+        client_roots = _client_roots(params)
+        if client_roots:
+            if self.config.roots_from_cli:
+                policy, rejected = policy.narrow(client_roots)
+                for r in rejected:
+                    warnings.append(f"ignoring workspace root {r!r}: not inside the server's roots")
+            else:
+                usable = [r for r in client_roots if _is_dir(r)]
+                for r in client_roots:
+                    if r not in usable:
+                        warnings.append(f"ignoring workspace root {r!r}: not a directory")
+                if usable:
+                    policy = PathPolicy.of(usable, policy.symlink_policy)
+        watch = self.config.watch or bool(opts.watch)
+        return Session(policy=policy, watch=watch), warnings
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def send_error(self, msg_id: Any, code: int, message: str, data: Any = None) -> None:
+        error: dict[str, Any] = {"code": code, "message": message}
+        if data is not None:
+            error["data"] = data
+        payload = {"jsonrpc": "2.0", "id": msg_id, "error": error}
+        self.writer.write(json.dumps(payload).encode())
+
+
+def _is_dir(path: str) -> bool:
+    import os
+
+    return os.path.isdir(path)
+
+
+def _uri_to_path(uri: str) -> str | None:
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        return None
+    return unquote(parsed.path) or None
+
+
+def _client_roots(params: lsp.InitializeParams) -> list[str]:
+    roots: list[str] = []
+    for folder in params.workspace_folders or []:
+        path = _uri_to_path(folder.uri)
+        if path:
+            roots.append(path)
+    if not roots and params.root_uri:
+        path = _uri_to_path(params.root_uri)
+        if path:
+            roots.append(path)
+    if not roots and params.root_path:
+        roots.append(params.root_path)
+    return roots

@@ -1,0 +1,132 @@
+"""One short handler per ``ploke/*`` method: typed params in, engine call, typed result out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from lsprotocol import types as lsp
+from pygls.exceptions import JsonRpcInvalidParams
+
+from .. import __version__, methods
+from ..types import ProgressFn
+from .models import (
+    GetSnippetsParams,
+    GetSnippetsResult,
+    HashFilesParams,
+    HashFilesResult,
+    StatusParams,
+    StatusResult,
+    WatcherStatus,
+)
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .protocol import PlokeLanguageServer
+
+__all__ = ["register_handlers"]
+
+_P = TypeVar("_P")
+_R = TypeVar("_R")
+
+
+def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
+    """Register every ``ploke/*`` method of one connection."""
+    engine = conn.engine
+
+    def tracked(fn: Callable[[_P], Awaitable[_R]]) -> Callable[[_P], Awaitable[_R]]:
+        """Keep the request's task in ``conn.inflight`` so exit/EOF can wait for it.
+
+        The task starts before the connection reads its next frame (asyncio runs ready
+        callbacks in order), and leaves the set in a done-callback registered after pygls's
+        own, so by the time it is gone its response has been written.
+        """
+
+        @functools.wraps(fn)
+        async def wrapper(params: _P) -> _R:
+            task = asyncio.current_task()
+            assert task is not None
+            conn.inflight.add(task)
+            task.add_done_callback(conn.inflight.discard)
+            return await fn(params)
+
+        return wrapper
+
+    @ls.feature(methods.GET_SNIPPETS)
+    @tracked
+    async def get_snippets(params: GetSnippetsParams) -> GetSnippetsResult:
+        _check_batch(len(params.snippets), "snippets", conn)
+        with _progress(ls, params.work_done_token, "Reading snippets") as report:
+            results = await engine.get_snippets(
+                params.snippets, policy=conn.session.policy, progress=report
+            )
+        return GetSnippetsResult(results)
+
+    @ls.feature(methods.HASH_FILES)
+    @tracked
+    async def hash_files(params: HashFilesParams) -> HashFilesResult:
+        _check_batch(len(params.paths), "paths", conn)
+        with _progress(ls, params.work_done_token, "Hashing files") as report:
+            results = await engine.hash_files(
+                params.paths, policy=conn.session.policy, progress=report
+            )
+        return HashFilesResult(results)
+
+    @ls.feature(methods.STATUS)
+    async def status(params: StatusParams) -> StatusResult:
+        s = engine.status(conn.session.policy)
+        return StatusResult(
+            version=__version__,
+            roots=s["roots"],
+            symlink_policy=s["symlinkPolicy"],
+            fd_limit=s["fdLimit"],
+            max_file_bytes=s["maxFileBytes"],
+            watcher=WatcherStatus(enabled=conn.session.watch, debounce_ms=engine.config.debounce_ms),
+            counters=s["counters"],
+        )
+
+    @ls.feature(lsp.SHUTDOWN)
+    @tracked
+    async def shutdown(params: Any) -> None:
+        # Requests of this connection still running (writes above all) finish first.
+        me = asyncio.current_task()
+        others = [t for t in conn.inflight if t is not me]
+        if others:
+            await asyncio.gather(*others, return_exceptions=True)
+
+
+def _check_batch(n: int, field: str, conn: Connection) -> None:
+    limit = conn.config.max_batch_items
+    if n > limit:
+        raise JsonRpcInvalidParams(
+            f"invalid params: {field}: batch of {n} items exceeds the limit of {limit} "
+            "(--max-batch-items); split the request"
+        )
+
+
+@contextlib.contextmanager
+def _progress(ls: PlokeLanguageServer, token: int | str | None, title: str) -> Iterator[ProgressFn | None]:
+    """$/progress begin/report/end around a batch when the client gave a workDoneToken."""
+    if token is None:
+        yield None
+        return
+    progress = ls.work_done_progress
+    progress.begin(token, lsp.WorkDoneProgressBegin(title=title, percentage=0, cancellable=True))
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        pct = done * 100 // total
+        if pct != last[0]:
+            last[0] = pct
+            progress.report(
+                token, lsp.WorkDoneProgressReport(percentage=pct, message=f"{done}/{total} files")
+            )
+
+    try:
+        yield report
+    finally:
+        progress.end(token, lsp.WorkDoneProgressEnd(message="done"))
+        progress.tokens.pop(token, None)
