@@ -159,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return await serve_tcp(engine, args.host, args.port, token)
         except OSError as exc:
-            print(f"ploke-io-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            print(
+                f"ploke-io-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
+            )
             return 2
 
     return asyncio.run(run())

@@ -102,16 +102,22 @@ def resolve_fd_limit(
     return clamp_fd_limit(min(100, soft // 3))
 
 
-def normalize_roots(roots: Sequence[str]) -> tuple[str, ...]:
-    """Absolute, normalised, existing directories, without duplicates, in the given order."""
+def normalize_roots(roots: Sequence[str], cwd: str | None = None) -> tuple[str, ...]:
+    """Absolute, normalised, existing directories in the given order, without duplicates
+    (two spellings of one directory, e.g. through a symlink, count as one: the first wins).
+    Relative roots are taken from ``cwd`` (default: the process's working directory)."""
     out: list[str] = []
+    seen: set[str] = set()
+    base = cwd or os.getcwd()
     for raw in roots:
         if not raw or "\x00" in raw:
             raise ConfigError(f"invalid root {raw!r}")
-        path = os.path.normpath(os.path.abspath(raw))
+        path = os.path.normpath(os.path.join(base, raw))
         if not os.path.isdir(path):
             raise ConfigError(f"root {raw!r} is not an existing directory")
-        if path not in out:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
             out.append(path)
     return tuple(out)
 
@@ -151,7 +157,7 @@ class Config:
         """Build a Config from CLI values (None = not given) and the environment."""
         env = os.environ if env is None else env
         given = list(roots)
-        normalized = normalize_roots(given or [cwd or os.getcwd()])
+        normalized = normalize_roots(given or [cwd or os.getcwd()], cwd)
         if max_file_bytes is not None and max_file_bytes < 0:
             raise ConfigError("--max-file-bytes must not be negative")
         if debounce_ms is not None and debounce_ms < 0:

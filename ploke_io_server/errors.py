@@ -69,9 +69,10 @@ class PlokeIoError(Exception):
         return f"PlokeIoError({self.kind.name}, {self.message!r})"
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, PlokeIoError)
-            and (self.kind, self.message, self.data) == (other.kind, other.message, other.data)
+        return isinstance(other, PlokeIoError) and (self.kind, self.message, self.data) == (
+            other.kind,
+            other.message,
+            other.data,
         )
 
     def __hash__(self) -> int:

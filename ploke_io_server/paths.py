@@ -226,13 +226,19 @@ class Resolver:
         then follows it (if the policy allows) and calls ``final`` again on the target.
         """
         check_path_string(path)
+        if "//" in path or "/./" in path or path.endswith("/."):
+            # POSIX: repeated slashes and "." components change nothing; fold them so the root
+            # prefix matches however the client spelled it. ".." is left to the walk.
+            parts = [c for c in path.split("/") if c and c != "."]
+            tail = "/" if path.endswith(("/", "/.")) and parts else ""
+            path = "/" + "/".join(parts) + tail
         matched = self.policy.match(path)
         if matched is None:
             raise PlokeIoError(ErrorKind.OutsideRoots, f"{path!r} is not under any allowed root")
         root, rest = matched
         shown = rest or "."
         # Fast path: a plain path whose parent directory this batch has already opened.
-        if rest and "//" not in rest and "/." not in rest and not rest.startswith("."):
+        if rest and "/." not in rest and rest[0] != "." and rest[-1] != "/":
             cut = rest.rfind("/")
             fd = self._root_fd(root, shown) if cut < 0 else self._dirs.get((root, rest[:cut]))
             if fd is not None:
@@ -242,68 +248,76 @@ class Resolver:
                     pass
         return self._slow_walk(root, rest, shown, final)
 
-    def _slow_walk(self, root: int, rest: str, shown: str, final: Callable[[int, str, str], T]) -> T:
+    def _slow_walk(
+        self, root: int, rest: str, shown: str, final: Callable[[int, str, str], T]
+    ) -> T:
         policy = self.policy.symlink_policy
         queue: deque[str] = deque(c for c in rest.split("/") if c and c != ".")
+        # A trailing "/" (or "/.") names a directory: the last component must be one.
+        want_dir = rest.endswith(("/", "/.")) or rest == "."
         names: list[str] = []  # physical components below the root
         fds: list[int] = []  # the descriptor of each component in ``names``
         owned: list[int] = []  # descriptors this walk opened and could not cache
         outside: list[str] | None = None  # lexical position while above every root
-        link_root: int | None = None  # the root in which the first symlink was followed
+        link_root = root  # the root of the symlink whose target is being walked
+        from_link = 0  # how many queued components came from symlink targets
         hops = 0
         try:
             while queue:
                 comp = queue.popleft()
-                if outside is not None:
-                    if comp == "..":
-                        if outside:
-                            outside.pop()
+                in_link = from_link > 0
+                if in_link:
+                    from_link -= 1
+                if outside is None and comp != "..":
+                    parent = fds[-1] if fds else self._root_fd(root, shown)
+                    if queue or want_dir:
+                        child = self._open_dir(parent, comp, shown)
+                        if child is not None:
+                            names.append(comp)
+                            fds.append(self._remember(root, names, child, owned))
+                            continue
+                        target = self._read_link(parent, comp, shown, policy)
                     else:
-                        outside.append(comp)
-                    again = self.policy.root_at("/" + "/".join(outside))
-                    if again is not None:
-                        if (
-                            link_root is not None
-                            and again != link_root
-                            and policy is SymlinkPolicy.DENY_CROSS_ROOT
-                        ):
-                            raise _outside(shown, "symlink target leaves its root")
-                        root, names, fds, outside = again, [], [], None
+                        try:
+                            return final(parent, comp, shown)
+                        except _FollowLink:
+                            target = self._read_link(parent, comp, shown, policy)
+                    hops += 1
+                    if hops > MAX_SYMLINK_HOPS:
+                        raise PlokeIoError(
+                            ErrorKind.Io, f"{shown}: too many levels of symbolic links"
+                        )
+                    link_root = root
+                    if target.startswith("/"):
+                        m = self._match_target(target, link_root, policy)
+                        if m is None:
+                            raise _outside(shown, "symlink target is outside the allowed roots")
+                        root, names, fds = m[0], [], []
+                        target = m[1]
+                    parts = [c for c in target.split("/") if c and c != "."]
+                    queue.extendleft(reversed(parts))
+                    from_link += len(parts)
                     continue
-                if comp == "..":
+                # ".." and everything above the roots: physical inside a root, lexical outside.
+                if outside is None:
                     if names:
                         names.pop()
                         fds.pop()
-                    else:
-                        outside = self.policy.roots[root].real.split("/")[1:-1]
-                    continue
-                parent = fds[-1] if fds else self._root_fd(root, shown)
-                if queue:
-                    child = self._open_dir(parent, comp, shown)
-                    if child is not None:
-                        names.append(comp)
-                        fds.append(self._remember(root, names, child, owned))
                         continue
-                    target = self._read_link(parent, comp, shown, policy)
+                    outside = self.policy.roots[root].real.split("/")[1:-1]
+                elif comp == "..":
+                    if outside:
+                        outside.pop()
                 else:
-                    try:
-                        return final(parent, comp, shown)
-                    except _FollowLink:
-                        target = self._read_link(parent, comp, shown, policy)
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    raise PlokeIoError(ErrorKind.Io, f"{shown}: too many levels of symbolic links")
-                if link_root is None:
-                    link_root = root
-                if target.startswith("/"):
-                    m = self._match_target(target, link_root, policy)
-                    if m is None:
-                        raise _outside(shown, "symlink target is outside the allowed roots")
-                    root, names, fds = m[0], [], []
-                    target = m[1]
-                queue.extendleft(reversed([c for c in target.split("/") if c and c != "."]))
+                    outside.append(comp)
+                again = self.policy.root_at("/" + "/".join(outside))
+                if again is not None:
+                    if in_link and again != link_root and policy is SymlinkPolicy.DENY_CROSS_ROOT:
+                        raise _outside(shown, "symlink target leaves its root")
+                    root, names, fds, outside = again, [], [], None
             if outside is not None:
-                raise _outside(shown, "path leaves the roots")
+                why = "symlink target leaves the roots" if hops else "path leaves the roots"
+                raise _outside(shown, why)
             raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file (a directory)")
         finally:
             for fd in owned:

@@ -18,7 +18,11 @@ __all__ = [
 ]
 
 
-@attrs.frozen(slots=True)
+# The hot types are plain (non-frozen) slots classes: a frozen attrs __init__ costs ~3x more
+# (1.1 us vs 0.4 us here), paid once per snippet of a batch. Treat them as immutable.
+
+
+@attrs.define(slots=True)
 class SnippetRequest:
     """One snippet to read: a whole file when both offsets are None."""
 
@@ -28,7 +32,7 @@ class SnippetRequest:
     end_byte: int | None = None
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Snippet:
     """The text of a snippet and the hash of the whole file it was read from."""
 
@@ -36,7 +40,7 @@ class Snippet:
     file_hash: str
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class FileHash:
     file_hash: str
     size: int

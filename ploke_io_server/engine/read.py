@@ -23,21 +23,23 @@ def read_file_bytes(resolver: Resolver, path: str, max_bytes: int) -> tuple[byte
     try:
         if opened.size > max_bytes:
             raise _too_large(opened.shown, opened.size, max_bytes)
-        # Ask for one byte more than fstat said, to notice a file that grew meanwhile.
+        # Read until EOF: a read may return less than asked (FUSE, NFS, > 2 GiB), and the file
+        # may have grown since fstat. Ask for one byte more than fstat said to see EOF at once.
         data = os.read(opened.fd, opened.size + 1)
-        if len(data) > opened.size:
+        if data and len(data) <= max_bytes:
             parts = [data]
             total = len(data)
             while True:
-                chunk = os.read(opened.fd, 1 << 20)
+                chunk = os.read(opened.fd, max(opened.size + 1 - total, 1 << 16))
                 if not chunk:
                     break
                 total += len(chunk)
                 if total > max_bytes:
                     raise _too_large(opened.shown, total, max_bytes)
                 parts.append(chunk)
-            data = b"".join(parts)
-        elif len(data) > max_bytes:
+            if len(parts) > 1:
+                data = b"".join(parts)
+        if len(data) > max_bytes:
             raise _too_large(opened.shown, len(data), max_bytes)
         return data, opened
     except OSError as exc:
@@ -54,75 +56,81 @@ def _too_large(shown: str, size: int, limit: int) -> PlokeIoError:
     )
 
 
-def _is_boundary(data: bytes, offset: int) -> bool:
-    # A UTF-8 continuation byte is 0b10xxxxxx; every other position starts a character.
-    return offset == len(data) or (data[offset] & 0xC0) != 0x80
-
-
 def snippets_of_file(
     resolver: Resolver,
     path: str,
-    indices: Sequence[int],
-    requests: Sequence[SnippetRequest | PlokeIoError],
+    group: Sequence[tuple[int, SnippetRequest]],
     results: list[SnippetResult | None],
     max_bytes: int,
 ) -> int:
-    """Fill ``results[i]`` for every request ``i`` in ``indices`` (all naming ``path``).
+    """Fill ``results[i]`` for every ``(i, request)`` of ``group`` (all naming ``path``).
 
-    Returns the number of bytes read.
+    The file is read, hashed and decoded once; returns the number of bytes read. This loop
+    runs once per snippet of a batch, so it is written for speed (no helper calls per item).
     """
     try:
         data, opened = read_file_bytes(resolver, path, max_bytes)
     except PlokeIoError as err:
-        for i in indices:
+        for i, _req in group:
             results[i] = err
         return 0
     shown = opened.shown
     size = len(data)
     digest = hash_bytes(data)
     try:
-        text: str | None = data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        text = None
         not_utf8 = PlokeIoError(
             ErrorKind.NotUtf8, f"{shown}: not valid UTF-8 (at byte {exc.start})"
         )
-    ascii_only = text is not None and len(text) == size
-    for i in indices:
-        req = requests[i]
-        assert isinstance(req, SnippetRequest)
+        for i, req in group:
+            results[i] = _mismatch(shown, req.file_hash, digest) or not_utf8
+        return size
+    ascii_only = len(text) == size
+    for i, req in group:
         want = req.file_hash
         if want is not None and want != digest and want.lower() != digest:
-            results[i] = PlokeIoError(
-                ErrorKind.ContentMismatch,
-                f"{shown}: content changed (hash mismatch)",
-                {"expected": want, "actual": digest},
-            )
+            results[i] = _mismatch(shown, want, digest)
             continue
-        if text is None:
-            results[i] = not_utf8
-            continue
-        start = 0 if req.start_byte is None else req.start_byte
-        end = size if req.end_byte is None else req.end_byte
-        if start > end or end > size:
+        start = req.start_byte
+        end = req.end_byte
+        if start is None:
+            if end is None:
+                results[i] = Snippet(text, digest)
+                continue
+            start = 0
+        elif end is None:
+            end = size
+        if start > end or end > size or start < 0:
             results[i] = PlokeIoError(
                 ErrorKind.InvalidRange,
                 f"{shown}: range {start}..{end} is not within 0..{size}",
                 {"startByte": start, "endByte": end, "size": size},
             )
         elif ascii_only:
-            results[i] = Snippet(text if start == 0 and end == size else text[start:end], digest)
-        elif not (_is_boundary(data, start) and _is_boundary(data, end)):
+            results[i] = Snippet(text[start:end], digest)
+        # A UTF-8 continuation byte is 0b10xxxxxx; every other offset starts a character.
+        elif (start < size and data[start] & 0xC0 == 0x80) or (
+            end < size and data[end] & 0xC0 == 0x80
+        ):
             results[i] = PlokeIoError(
                 ErrorKind.InvalidRange,
                 f"{shown}: range {start}..{end} is not on UTF-8 character boundaries",
                 {"startByte": start, "endByte": end, "size": size},
             )
-        elif start == 0 and end == size:
-            results[i] = Snippet(text, digest)
         else:
             results[i] = Snippet(data[start:end].decode("utf-8"), digest)
     return size
+
+
+def _mismatch(shown: str, want: str | None, digest: str) -> PlokeIoError | None:
+    if want is None or want == digest or want.lower() == digest:
+        return None
+    return PlokeIoError(
+        ErrorKind.ContentMismatch,
+        f"{shown}: content changed (hash mismatch)",
+        {"expected": want, "actual": digest},
+    )
 
 
 def hash_one(resolver: Resolver, path: str, max_bytes: int) -> tuple[HashResult, int]:

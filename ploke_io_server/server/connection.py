@@ -18,11 +18,11 @@ import enum
 import hmac
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import attrs
+import cattrs
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException
 
@@ -30,20 +30,21 @@ from ..config import ConfigError, SymlinkPolicy
 from ..engine import IoManager
 from ..methods import PLOKE_REQUESTS
 from ..paths import PathPolicy
+from .framing import FrameWriter, Sink
 from .handlers import register_handlers
 from .models import REQUEST_TYPES, ParamsError, parse_init_options
 from .protocol import PlokeLanguageServer
 
-__all__ = ["Connection", "FrameWriter", "Session"]
+__all__ = ["Connection", "Session"]
 
 log = logging.getLogger(__name__)
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 SERVER_NOT_INITIALIZED = -32002
 
-_MAX_HEADER_LINE = 64 * 1024
 # How strict each policy is: a client may pick one at least as strict as an operator's choice.
 _STRICTNESS = {
     SymlinkPolicy.FOLLOW_WITHIN_ROOTS: 0,
@@ -66,30 +67,6 @@ class Session:
     watch: bool = False
 
 
-class FrameWriter:
-    """The writer pygls is given (without headers): frames each body it receives."""
-
-    def __init__(self, write: Callable[[bytes], None], close: Callable[[], None]) -> None:
-        self._write = write
-        self._close = close
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        if self.closed:
-            return
-        try:
-            self._write(b"Content-Length: %d\r\n\r\n" % len(data))
-            self._write(data)
-        except (ConnectionError, RuntimeError, OSError) as exc:
-            log.info("client went away while writing: %s", exc)
-            self.closed = True
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._close()
-
-
 class _FrameError(Exception):
     """A frame that cannot be read as a message; the connection goes on."""
 
@@ -101,8 +78,7 @@ class Connection:
         self,
         engine: IoManager,
         reader: asyncio.StreamReader,
-        write: Callable[[bytes], None],
-        close: Callable[[], None],
+        sink: Sink,
         *,
         auth_token: str | None = None,
         name: str = "stdio",
@@ -117,7 +93,8 @@ class Connection:
         self.inflight: set[asyncio.Task[Any]] = set()
         self.server = PlokeLanguageServer()
         self.protocol = self.server.protocol
-        self.writer = FrameWriter(write, close)
+        self.writer = FrameWriter(sink)
+        self.protocol.frame_writer = self.writer
         self.protocol.set_writer(self.writer, include_headers=False)
         self._closing = False
         self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -163,7 +140,7 @@ class Connection:
             log.info("%s: connection lost: %s", self.name, exc)
         finally:
             await self._drain_inflight()
-            self.writer.close()
+            await self.writer.aclose()
         return exit_code
 
     async def _drain_inflight(self) -> None:
@@ -236,7 +213,9 @@ class Connection:
             self.send_error(None, PARSE_ERROR, f"parse error: {exc}")
             return None
         if not isinstance(data, dict):
-            self.send_error(None, INVALID_REQUEST, "expected a JSON object (batches are not supported)")
+            self.send_error(
+                None, INVALID_REQUEST, "expected a JSON object (batches are not supported)"
+            )
             return None
         msg_id = data.get("id")
         has_id = "id" in data and (isinstance(msg_id, int | str) and not isinstance(msg_id, bool))
@@ -283,21 +262,41 @@ class Connection:
         return None
 
     def _pass_to_pygls(self, data: dict[str, Any], msg_id: Any) -> None:
-        entry = REQUEST_TYPES.get(data.get("method", ""))
+        """Structure a message with its typed model and let pygls dispatch it."""
+        method = data.get("method")
         try:
-            if entry is not None and msg_id is not None:
-                message: Any = entry[0](id=msg_id, params=entry[1](data.get("params")))
+            if method is None:  # a response to a request of ours
+                message: Any = self.protocol.structure_message(data)
             else:
-                message = self.protocol.structure_message(data)
+                message = self._structure(data, method, msg_id)
+                if message is None:
+                    return
         except ParamsError as exc:
             self.send_error(msg_id, INVALID_PARAMS, f"invalid params: {exc}")
             return
         except JsonRpcException as exc:
-            cause = exc.__cause__
-            detail = f": {cause}" if cause is not None else ""
-            self.send_error(msg_id, exc.code, f"{exc.message or 'invalid message'}{detail}")
+            self.send_error(msg_id, exc.code, exc.message or "invalid message")
             return
         self.protocol.handle_message(message)
+
+    def _structure(self, data: dict[str, Any], method: str, msg_id: Any) -> Any:
+        entry = REQUEST_TYPES.get(method)
+        if entry is not None and msg_id is not None:
+            return entry[0](id=msg_id, params=entry[1](data.get("params")))
+        message_type = self.protocol.get_message_type(method)
+        if message_type is None:
+            if msg_id is not None:
+                self.send_error(msg_id, METHOD_NOT_FOUND, f"method not found: {method}")
+            return None
+        try:
+            return self.protocol.ploke_converter.structure(data, message_type)
+        except Exception as exc:
+            detail = (
+                "; ".join(cattrs.transform_error(exc))
+                if isinstance(exc, cattrs.ClassValidationError)
+                else str(exc)
+            )
+            raise ParamsError("params", detail.replace("$.", "")) from None
 
     # -- initialize ------------------------------------------------------------------------------
 
@@ -310,19 +309,17 @@ class Connection:
                 given.encode(), self.auth_token.encode()
             ):
                 log.warning("%s: initialize with a wrong or missing auth token", self.name)
-                self.send_error(msg_id, INVALID_REQUEST, "authentication failed: wrong or missing authToken")
+                self.send_error(
+                    msg_id, INVALID_REQUEST, "authentication failed: wrong or missing authToken"
+                )
                 self._closing = True
                 return
         try:
             opts = parse_init_options(raw_opts)
-            message = self.protocol.structure_message(data)
+            message = self._structure(data, lsp.INITIALIZE, msg_id)
             session, warnings = self._session_for(message.params, opts)
         except ParamsError as exc:
             self.send_error(msg_id, INVALID_PARAMS, f"invalid params: {exc}")
-            return
-        except JsonRpcException as exc:
-            cause = exc.__cause__
-            self.send_error(msg_id, exc.code, f"invalid initialize params: {cause or exc.message}")
             return
         self.session = session
         self.state = State.READY
@@ -333,9 +330,7 @@ class Connection:
             )
         self.protocol.handle_message(message)
 
-    def _session_for(
-        self, params: lsp.InitializeParams, opts: Any
-    ) -> tuple[Session, list[str]]:
+    def _session_for(self, params: lsp.InitializeParams, opts: Any) -> tuple[Session, list[str]]:
         warnings: list[str] = []
         base = self.engine.policy
         policy = base

@@ -84,7 +84,9 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
             symlink_policy=s["symlinkPolicy"],
             fd_limit=s["fdLimit"],
             max_file_bytes=s["maxFileBytes"],
-            watcher=WatcherStatus(enabled=conn.session.watch, debounce_ms=engine.config.debounce_ms),
+            watcher=WatcherStatus(
+                enabled=conn.session.watch, debounce_ms=engine.config.debounce_ms
+            ),
             counters=s["counters"],
         )
 
@@ -108,7 +110,9 @@ def _check_batch(n: int, field: str, conn: Connection) -> None:
 
 
 @contextlib.contextmanager
-def _progress(ls: PlokeLanguageServer, token: int | str | None, title: str) -> Iterator[ProgressFn | None]:
+def _progress(
+    ls: PlokeLanguageServer, token: int | str | None, title: str
+) -> Iterator[ProgressFn | None]:
     """$/progress begin/report/end around a batch when the client gave a workDoneToken."""
     if token is None:
         yield None

@@ -2,30 +2,77 @@
 
 from __future__ import annotations
 
+import enum
+import json
+import logging
 from typing import Any
 
+import cattrs
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
+from pygls.protocol import JsonRPCResponseMessage, LanguageServerProtocol
 
 from .. import __version__
-from .models import REQUEST_TYPES, make_converter
+from .framing import FrameWriter
+from .models import REQUEST_TYPES, encode_response, make_converter
 
 __all__ = ["PlokeLanguageServer", "PlokeProtocol"]
 
+log = logging.getLogger(__name__)
+
 
 class PlokeProtocol(LanguageServerProtocol):
-    """LSP protocol whose ``ploke/*`` params are structured by our typed models."""
+    """LSP protocol whose ``ploke/*`` params are structured by our typed models.
 
-    def get_message_type(self, method: str) -> type[Any] | None:
+    It also chooses the encoder: pygls 2.1 has no public hook for it, so ``_send_data`` is
+    overridden (pygls is pinned to 2.1.x; tests/test_e2e_read.py checks the wire format).
+    Batch results are encoded in chunks and handed to the connection's FrameWriter, which
+    writes them with flow control.
+    """
+
+    def __init__(self, server: Any, converter: cattrs.Converter) -> None:
+        super().__init__(server, converter)
+        self.ploke_converter = converter
+        self.frame_writer: FrameWriter | None = None
+
+    def get_message_type(self, method: str) -> type[Any] | None:  # type: ignore[override]
         entry = REQUEST_TYPES.get(method)
         if entry is not None:
             return entry[0]
         result: type[Any] | None = super().get_message_type(method)
         return result
 
+    def _default(self, obj: Any) -> Any:
+        if hasattr(obj, "__attrs_attrs__"):
+            return self.ploke_converter.unstructure(obj)
+        if isinstance(obj, enum.Enum):
+            return obj.value
+        return obj.__dict__
+
+    def _send_data(self, data: Any) -> None:
+        writer = self.frame_writer
+        if not data or writer is None:
+            return
+        try:
+            chunks = None
+            if isinstance(data, JsonRPCResponseMessage):
+                chunks = encode_response(data.id, data.result)
+            if chunks is None:
+                chunks = [json.dumps(data, default=self._default).encode()]
+        except Exception:
+            log.exception("cannot encode an outgoing message")
+            msg_id = getattr(data, "id", None)
+            if msg_id is not None and not hasattr(data, "method"):
+                error = {"code": -32603, "message": "internal error: cannot encode the result"}
+                body = {"jsonrpc": "2.0", "id": msg_id, "error": error}
+                writer.send([json.dumps(body).encode()])
+            return
+        writer.send(chunks)
+
 
 class PlokeLanguageServer(LanguageServer):
     """One per connection: its own protocol and lifecycle; the engine is shared."""
+
+    protocol: PlokeProtocol
 
     def __init__(self) -> None:
         super().__init__(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
@@ -15,23 +16,16 @@ from typing import Any
 
 from ..engine import IoManager
 from .connection import Connection
+from .framing import FileSink, PipeSink, Sink
 
 __all__ = ["load_or_create_token", "serve_stdio", "serve_tcp"]
 
 log = logging.getLogger(__name__)
 
-_HEADER_LIMIT = 64 * 1024
-
-
-class _PipeProtocol(asyncio.Protocol):
-    """Write-side protocol of stdout: tells when the pipe is closed (buffer flushed)."""
-
-    def __init__(self) -> None:
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
+# StreamReader limit: the longest header line accepted, and the buffer size above which the
+# reader pauses its transport (2x this). Bodies are read with readexactly and are not bound by it.
+_HEADER_LIMIT = 1024 * 1024
+_PIPE_BYTES = 1024 * 1024
 
 
 def _on_signals(loop: asyncio.AbstractEventLoop, callback: Any) -> None:
@@ -59,6 +53,14 @@ async def _stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.StreamReader
     return reader
 
 
+def _grow_pipe(fd: int) -> None:
+    """Ask for a 1 MiB pipe buffer: fewer wake-ups per megabyte moved (Linux only)."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+    with contextlib.suppress(OSError):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, set_size, _PIPE_BYTES)
+
+
 async def serve_stdio(engine: IoManager) -> int:
     """Serve one client on stdin/stdout until exit or EOF; returns the exit code."""
     loop = asyncio.get_running_loop()
@@ -66,27 +68,17 @@ async def serve_stdio(engine: IoManager) -> int:
     # (ours or a library's) can never corrupt the message stream.
     out_fd = os.dup(1)
     os.dup2(2, 1)
+    _grow_pipe(0)
+    _grow_pipe(out_fd)
     reader = await _stdin_reader(loop)
-    out = os.fdopen(out_fd, "wb", buffering=0)
-    pipe: _PipeProtocol | None = None
+    sink: Sink
     try:
-        transport, pipe = await loop.connect_write_pipe(_PipeProtocol, out)
-        write = transport.write
-        close = transport.close
+        sink = await PipeSink.open(out_fd)
     except ValueError:  # stdout is a regular file: plain blocking writes
-
-        def write(data: bytes) -> None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out_fd, view) :]
-
-        close = out.close
-    conn = Connection(engine, reader, write, close, name="stdio")
+        sink = FileSink(out_fd)
+    conn = Connection(engine, reader, sink, name="stdio")
     _on_signals(loop, conn.stop)
     code = await conn.run()
-    if pipe is not None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(pipe.closed, timeout=30)
     await engine.aclose()
     return code
 
@@ -120,7 +112,7 @@ async def serve_tcp(engine: IoManager, host: str, port: int, token: str | None) 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         name = f"tcp:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "tcp"
-        conn = Connection(engine, reader, writer.write, writer.close, auth_token=token, name=name)
+        conn = Connection(engine, reader, writer, auth_token=token, name=name)
         task = asyncio.current_task()
         assert task is not None
         connections[conn] = task

@@ -1,0 +1,266 @@
+"""A small asyncio client for ploke-io-server (stdio subprocess or TCP with a token).
+
+Example::
+
+    async with await PlokeClient.spawn(root="/path/to/repo") as client:
+        results = await client.get_snippets([{"filePath": "/path/to/repo/src/main.rs"}])
+
+Results are the plain JSON values of the wire contract (``docs/protocol.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import methods
+
+__all__ = ["PlokeClient", "RpcError"]
+
+
+class RpcError(Exception):
+    """An error response: ``code``, ``message`` and optional ``data``."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class PlokeClient:
+    """JSON-RPC client speaking the LSP base protocol to one server."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter | Any,
+        process: asyncio.subprocess.Process | None = None,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.process = process
+        self._ids = itertools.count(1)
+        self._pending: dict[int | str, asyncio.Future[Any]] = {}
+        self.notifications: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.last_body_bytes = 0
+        """Size of the last message body received (benchmarks report response sizes)."""
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # -- construction -----------------------------------------------------------------------------
+
+    @classmethod
+    async def spawn(
+        cls,
+        *server_args: str,
+        root: str | None = None,
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stderr: int | None = None,
+        initialize: bool = True,
+        init_options: Mapping[str, Any] | None = None,
+        command: Sequence[str] | None = None,
+    ) -> PlokeClient:
+        """Start ``python -m ploke_io_server`` over stdio (``--root root`` if given).
+
+        ``command`` replaces ``python -m ploke_io_server`` (another server speaking the protocol).
+        """
+        prefix = list(command) if command else [python or sys.executable, "-m", "ploke_io_server"]
+        args = [*prefix, *server_args]
+        if root is not None:
+            args += ["--root", root]
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            env=dict(env) if env is not None else None,
+            limit=1 << 24,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        client = cls(proc.stdout, proc.stdin, proc)
+        if initialize:
+            await client.initialize(init_options=init_options)
+        return client
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        token: str | None = None,
+        initialize: bool = True,
+        init_options: Mapping[str, Any] | None = None,
+    ) -> PlokeClient:
+        """Connect over TCP; ``token`` goes into ``initializationOptions.authToken``."""
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 24)
+        client = cls(reader, writer)
+        if initialize:
+            opts = dict(init_options or {})
+            if token is not None:
+                opts["authToken"] = token
+            await client.initialize(init_options=opts)
+        return client
+
+    async def __aenter__(self) -> PlokeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def initialize(
+        self,
+        *,
+        root_uri: str | None = None,
+        init_options: Mapping[str, Any] | None = None,
+        workspace_folders: Sequence[str] | None = None,
+    ) -> Any:
+        params: dict[str, Any] = {
+            "processId": os.getpid(),
+            "rootUri": root_uri,
+            "capabilities": {},
+        }
+        if init_options:
+            params["initializationOptions"] = dict(init_options)
+        if workspace_folders is not None:
+            params["workspaceFolders"] = [
+                {"uri": "file://" + p, "name": os.path.basename(p)} for p in workspace_folders
+            ]
+        result = await self.request("initialize", params)
+        await self.notify("initialized", {})
+        return result
+
+    async def shutdown(self) -> None:
+        await self.request("shutdown")
+
+    async def close(self) -> int | None:
+        """Shut down politely (shutdown + exit) if still connected; returns the exit code."""
+        if not self.closed.done():
+            with contextlib.suppress(RpcError, ConnectionError, asyncio.TimeoutError):
+                await asyncio.wait_for(self.request("shutdown"), 30)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.notify("exit")
+        if self.process is not None:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+            return await self.process.wait()
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.closed), 10)
+        return None
+
+    # -- ploke methods ----------------------------------------------------------------------------
+
+    async def get_snippets(
+        self, snippets: Sequence[Mapping[str, Any]], **extra: Any
+    ) -> list[dict[str, Any]]:
+        result = await self.request(methods.GET_SNIPPETS, {"snippets": list(snippets), **extra})
+        return list(result["results"])
+
+    async def hash_files(self, paths: Sequence[str], **extra: Any) -> list[dict[str, Any]]:
+        result = await self.request(methods.HASH_FILES, {"paths": list(paths), **extra})
+        return list(result["results"])
+
+    async def status(self) -> dict[str, Any]:
+        result = await self.request(methods.STATUS)
+        return dict(result)
+
+    # -- JSON-RPC ---------------------------------------------------------------------------------
+
+    def send_request(
+        self, method: str, params: Any = None, msg_id: int | str | None = None
+    ) -> tuple[int | str, asyncio.Future[Any]]:
+        """Send a request without waiting: returns its id and the future of its result."""
+        if msg_id is None:
+            msg_id = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.closed.done():
+            fut.set_exception(ConnectionError("connection closed"))
+            return msg_id, fut
+        self._pending[msg_id] = fut
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": msg_id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self._write(msg)
+        return msg_id, fut
+
+    async def request(self, method: str, params: Any = None) -> Any:
+        _id, fut = self.send_request(method, params)
+        return await fut
+
+    async def notify(self, method: str, params: Any = None) -> None:
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            msg["params"] = params
+        self._write(msg)
+        drain = getattr(self._writer, "drain", None)
+        if drain is not None:
+            with contextlib.suppress(ConnectionError):
+                await drain()
+
+    async def cancel(self, msg_id: int | str) -> None:
+        await self.notify("$/cancelRequest", {"id": msg_id})
+
+    def send_raw(self, data: bytes) -> None:
+        """Write raw bytes (tests of malformed frames)."""
+        self._writer.write(data)
+
+    def _write(self, msg: Mapping[str, Any]) -> None:
+        body = json.dumps(msg, ensure_ascii=False).encode()
+        self._writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    async def _read_loop(self) -> None:
+        reader = self._reader
+        error: BaseException = ConnectionError("server closed the connection")
+        try:
+            while True:
+                length = -1
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        return
+                    if line in (b"\r\n", b"\n"):
+                        if length >= 0:
+                            break
+                        continue
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                body = await reader.readexactly(length)
+                self.last_body_bytes = length
+                self._dispatch(json.loads(body))
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            error = ConnectionError(f"connection lost: {exc}")
+        finally:
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(error)
+            self._pending.clear()
+            if not self.closed.done():
+                self.closed.set_result(None)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        if "method" in msg:
+            if "id" in msg:  # a request from the server: answer it (progress create etc.)
+                self._write({"jsonrpc": "2.0", "id": msg["id"], "result": None})
+            self.notifications.put_nowait((msg["method"], msg.get("params")))
+            return
+        fut = self._pending.pop(msg.get("id"), None)  # type: ignore[arg-type]
+        if fut is None or fut.done():
+            return
+        if "error" in msg:
+            err = msg["error"] or {}
+            fut.set_exception(RpcError(err.get("code", 0), err.get("message", ""), err.get("data")))
+        else:
+            fut.set_result(msg.get("result"))
