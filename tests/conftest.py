@@ -94,7 +94,7 @@ class TcpServer:
     async def connect(
         self,
         *,
-        token: str | None | bool = True,
+        token: str | bool | None = True,
         initialize: bool = True,
         options: dict[str, Any] | None = None,
         folders: Sequence[str] = (),
