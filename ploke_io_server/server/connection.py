@@ -70,6 +70,10 @@ class Session:
 class _FrameError(Exception):
     """A frame that cannot be read as a message; the connection goes on."""
 
+    def __init__(self, message: str, code: int = PARSE_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
 
 class Connection:
     """Serve one client until ``exit``, EOF or a broken transport; returns the exit code."""
@@ -127,7 +131,7 @@ class Connection:
                 try:
                     body = await self._next_frame()
                 except _FrameError as exc:
-                    self.send_error(None, PARSE_ERROR, str(exc))
+                    self.send_error(None, exc.code, str(exc))
                     continue
                 if body is None:  # EOF
                     exit_code = 0 if self.state is State.SHUTDOWN else 1
@@ -192,7 +196,8 @@ class Connection:
             await self._discard(length)
             raise _FrameError(
                 f"message of {length} bytes exceeds the limit of "
-                f"{self.config.max_message_bytes} bytes (--max-message-bytes)"
+                f"{self.config.max_message_bytes} bytes (--max-message-bytes)",
+                INVALID_REQUEST,
             )
         return await self.reader.readexactly(length)
 
