@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from blake3 import blake3
@@ -108,16 +107,6 @@ def peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-async def timed(fn: Callable[[], Awaitable[Any]], repeat: int) -> list[float]:
-    await fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        await fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 # -- peers ------------------------------------------------------------------------------------------
@@ -210,107 +199,131 @@ def ensure_mcp() -> bool:
 # -- main -------------------------------------------------------------------------------------------
 
 
-def summarize(name: str, times: list[float], base: float | None, extra: str = "") -> dict[str, Any]:
-    med = statistics.median(times)
-    ratio = f"{med / base:6.2f}x floor" if base else " " * 12
-    print(
-        f"  {name:<26} median {med * 1000:9.1f} ms  (min {min(times) * 1000:8.1f})  {ratio}  {extra}"
-    )
-    return {"name": name, "median_s": med, "min_s": min(times), "times_s": times}
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+async def run_case(
+    title: str, items: list[dict[str, Any]], root: str, args: argparse.Namespace, use_mcp: bool
+) -> dict[str, Any]:
+    """Interleave the contenders round by round, so that a slow moment of this noisy machine
+    hits all of them alike; report medians and the median of per-round ratios to the floor."""
+    print(title)
+    request = {"snippets": items}
+    ours = await PlokeClient.spawn(root=root)
+    naive = await PlokeClient.spawn(command=[sys.executable, os.path.join(HERE, "naive_server.py")])
+    mcp = await McpClient.start(root) if use_mcp else None
+    paths = [i["filePath"] for i in items]
+
+    async def run_floor() -> None:
+        floor(request)
+
+    async def run_ours() -> None:
+        res = await ours.get_snippets(items)
+        assert len(res) == len(items) and all(r["ok"] for r in res), res[:3]
+
+    async def run_naive() -> None:
+        res = await naive.get_snippets(items)
+        assert len(res) == len(items)
+
+    async def run_mcp() -> None:
+        assert mcp is not None
+        res = await mcp.call(
+            "tools/call", {"name": "read_multiple_files", "arguments": {"paths": paths}}
+        )
+        assert res["content"]
+
+    contenders = {"floor (in-process)": run_floor, "ploke-io-server": run_ours}
+    if args.naive_rounds:
+        contenders["naive pygls server"] = run_naive
+    if mcp is not None:
+        contenders["MCP filesystem server"] = run_mcp
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for fn in contenders.values():
+        await fn()  # warm-up
+    for rnd in range(args.repeat):
+        for name, fn in contenders.items():
+            if name == "naive pygls server" and rnd >= args.naive_rounds:
+                continue
+            t0 = time.perf_counter()
+            await fn()
+            times[name].append(time.perf_counter() - t0)
+    assert ours.process is not None
+    rss = peak_rss_mb(ours.process.pid)
+    resp_mb = ours.last_body_bytes / 1e6
+    for client in (ours, naive):
+        await client.close()
+    if mcp is not None:
+        await mcp.close()
+
+    base = times["floor (in-process)"]
+    rows = []
+    for name, ts in times.items():
+        # Per-round ratio to the floor of the same round (rounds past the naive's are skipped).
+        ratios = [t / b for t, b in zip(ts, base, strict=False)]
+        row = {
+            "name": name,
+            "median_ms": round(median(ts) * 1000, 1),
+            "min_ms": round(min(ts) * 1000, 1),
+            "x_floor": round(median(ratios), 2),
+            "runs": len(ts),
+        }
+        extra = ""
+        if name == "ploke-io-server":
+            row.update(peak_rss_mb=round(rss), response_mb=round(resp_mb, 1))
+            extra = f"peak RSS {rss:.0f} MB, response {resp_mb:.1f} MB"
+        print(
+            f"  {name:<24} median {row['median_ms']:8.1f} ms  min {row['min_ms']:8.1f}  "
+            f"{row['x_floor']:6.2f}x floor  {extra}"
+        )
+        rows.append(row)
+    med = {r["name"]: r["median_ms"] for r in rows}
+    ours_ms = med["ploke-io-server"]
+    summary = f"  => ours {rows[1]['x_floor']:.2f}x floor"
+    if "naive pygls server" in med:
+        summary += f"; naive pygls is {med['naive pygls server'] / ours_ms:.1f}x slower than ours"
+    if "MCP filesystem server" in med:
+        summary += f"; MCP is {med['MCP filesystem server'] / ours_ms:.1f}x slower than ours"
+    print(summary)
+    return {"title": title, "rows": rows}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.tree:
         root = os.path.abspath(args.tree)
-        files = list_files(root)
-        files = [f for f in files if _is_utf8(f)]
+        files = [f for f in list_files(root) if _is_utf8(f)]
         label = f"tree {root}"
     else:
         root = os.path.join(WORK, f"corpus{args.files}")
         if not os.path.isdir(root):
             make_corpus(root, files=args.files)
         files = list_files(root)
-        label = f"generated corpus ({len(files)} files)"
+        label = "generated corpus"
     total_bytes = sum(os.path.getsize(f) for f in files)
-    snippets = make_snippets(files, args.snippets)
-    whole = [{"filePath": f} for f in files]
     report: dict[str, Any] = {
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
-        "corpus": label,
-        "files": len(files),
-        "bytes": total_bytes,
-        "results": {},
+        "corpus": f"{label}: {len(files)} files, {total_bytes / 1e6:.1f} MB",
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "cases": [],
     }
     print(f"# {report['machine']}")
-    print(f"# {label}: {len(files)} files, {total_bytes / 1e6:.1f} MB; repeat {args.repeat}")
-    naive_cmd = [sys.executable, os.path.join(HERE, "naive_server.py")]
+    print(f"# {report['corpus']}; {args.repeat} interleaved rounds")
     use_mcp = not args.no_mcp and ensure_mcp()
-
-    for case, items in (("a", snippets), ("b", whole)):
-        title = (
-            f"(a) {len(items)} random snippets, one request"
-            if case == "a"
-            else (f"(b) {len(items)} whole files, one request")
-        )
-        print(title)
-        req = {"snippets": items}
-        floor_times = []
-        floor(req)
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            floor(req)
-            floor_times.append(time.perf_counter() - t0)
-        base = statistics.median(floor_times)
-        rows = [summarize("floor (in-process)", floor_times, base)]
-
-        ours = await PlokeClient.spawn(root=root)
-        assert ours.process is not None
-
-        async def call_ours() -> None:
-            res = await ours.get_snippets(items)
-            assert len(res) == len(items) and all(r["ok"] for r in res), res[:3]
-
-        t = await timed(call_ours, args.repeat)
-        resp_mb = ours.last_body_bytes / 1e6
-        rss = peak_rss_mb(ours.process.pid)
-        await ours.close()
-        row = summarize(
-            "ploke-io-server", t, base, f"peak RSS {rss:.0f} MB, response {resp_mb:.1f} MB"
-        )
-        row.update(peak_rss_mb=rss, response_mb=resp_mb)
-        rows.append(row)
-
-        naive = await PlokeClient.spawn(command=naive_cmd)
-
-        async def call_naive() -> None:
-            res = await naive.get_snippets(items)
-            assert len(res) == len(items)
-
-        t = await timed(call_naive, max(1, args.repeat // 2))
-        await naive.close()
-        rows.append(summarize("naive pygls server", t, base))
-
-        if case == "b" and use_mcp:
-            mcp = await McpClient.start(root)
-            paths = [i["filePath"] for i in items]
-
-            async def call_mcp() -> None:
-                res = await mcp.call(
-                    "tools/call", {"name": "read_multiple_files", "arguments": {"paths": paths}}
-                )
-                assert res["content"]
-
-            t = await timed(call_mcp, max(1, args.repeat // 2))
-            await mcp.close()
-            rows.append(summarize("MCP filesystem server", t, base))
-        report["results"][case] = rows
-        med = {r["name"]: r["median_s"] for r in rows}
-        ours_t = med["ploke-io-server"]
-        line = f"  => ours/floor {ours_t / base:.2f}x, naive/ours {med['naive pygls server'] / ours_t:.1f}x"
-        if "MCP filesystem server" in med:
-            line += f", mcp/ours {med['MCP filesystem server'] / ours_t:.1f}x"
-        print(line)
+    snippets = make_snippets(files, args.snippets)
+    report["cases"].append(
+        await run_case(
+            f"(a) {len(snippets)} random snippets with hashes, one request",
+            snippets,
+            root,
+            args,
+            use_mcp=False,
+        )  # fmt: skip
+    )
+    whole = [{"filePath": f} for f in files]
+    report["cases"].append(
+        await run_case(f"(b) {len(whole)} whole files, one request", whole, root, args, use_mcp)
+    )
     return report
 
 
@@ -332,6 +345,9 @@ def main() -> None:
     ap.add_argument("--snippets", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-mcp", action="store_true")
+    ap.add_argument(
+        "--naive-rounds", type=int, default=3, help="rounds for the (slow) naive server; 0 = skip"
+    )
     ap.add_argument("--json", help="write the figures as JSON here")
     args = ap.parse_args()
     report = asyncio.run(run(args))

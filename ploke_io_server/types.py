@@ -32,12 +32,29 @@ class SnippetRequest:
     end_byte: int | None = None
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, eq=False)
 class Snippet:
-    """The text of a snippet and the hash of the whole file it was read from."""
+    """The text of a snippet and the hash of the whole file it was read from.
 
-    text: str
+    ``content`` is the text either as ``str`` or as UTF-8 ``bytes`` already checked to be
+    valid: a slice of a non-ASCII file stays bytes until it is encoded, which keeps a large
+    batch compact (a ``str`` holding one emoji takes 4 bytes per character). Read ``text``.
+    """
+
+    content: str | bytes
     file_hash: str
+
+    @property
+    def text(self) -> str:
+        c = self.content
+        return c if type(c) is str else c.decode("utf-8")  # type: ignore[union-attr]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Snippet):
+            return NotImplemented
+        return self.file_hash == other.file_hash and self.text == other.text
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @attrs.define(slots=True)

@@ -118,6 +118,12 @@ class TcpServer:
                 client.exit(None)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.stop(), 5)
+            # pygls's client does not close its TCP stream itself.
+            writer = client.protocol.writer
+            if isinstance(writer, asyncio.StreamWriter):
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
         if self.proc.returncode is None:
             self.proc.terminate()
         return await asyncio.wait_for(self.proc.wait(), 30)

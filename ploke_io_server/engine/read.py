@@ -119,7 +119,7 @@ def snippets_of_file(
                 {"startByte": start, "endByte": end, "size": size},
             )
         else:
-            results[i] = Snippet(data[start:end].decode("utf-8"), digest)
+            results[i] = Snippet(data[start:end], digest)  # valid UTF-8: checked above
     return size
 
 

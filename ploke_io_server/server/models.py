@@ -319,7 +319,9 @@ _dumps = json.JSONEncoder(ensure_ascii=True, check_circular=False, separators=("
 
 def _snippet_fragment(r: Snippet | PlokeIoError) -> str:
     if type(r) is Snippet:
-        return '{"ok":true,"text":' + _escape(r.text) + ',"fileHash":"' + r.file_hash + '"}'
+        c = r.content
+        text = _escape(c if type(c) is str else c.decode("utf-8"))  # type: ignore[union-attr]
+        return "".join(('{"ok":true,"text":', text, ',"fileHash":"', r.file_hash, '"}'))
     return _dumps(_snippet_json(r))
 
 
