@@ -20,6 +20,7 @@ as the client spelled them, never a resolved path.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import threading
@@ -78,6 +79,15 @@ def _under(path: str, prefix: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _prefix_table(roots: tuple[Root, ...]) -> tuple[tuple[str, int], ...]:
+    """Every spelling of every root as ``prefix + "/"``, longest (deepest) first."""
+    table = [
+        (prefix.rstrip("/") + "/", i) for i, root in enumerate(roots) for prefix in root.spellings()
+    ]
+    return tuple(sorted(table, key=lambda item: -len(item[0])))
+
+
 def check_path_string(path: object) -> str:
     """Reject what is not an absolute path string (InvalidPath) before any lookup."""
     if not isinstance(path, str):
@@ -107,14 +117,12 @@ class PathPolicy:
 
     def match(self, path: str) -> tuple[int, str] | None:
         """The (root index, rest) of the deepest root containing ``path`` lexically."""
-        best: tuple[int, str] | None = None
-        best_len = -1
-        for i, root in enumerate(self.roots):
-            for prefix in root.spellings():
-                rest = _under(path, prefix)
-                if rest is not None and len(prefix) > best_len:
-                    best, best_len = (i, rest), len(prefix)
-        return best
+        for prefix, index in _prefix_table(self.roots):
+            if path.startswith(prefix):
+                return index, path[len(prefix) :]
+            if path == prefix[:-1]:
+                return index, ""
+        return None
 
     def root_at(self, path: str) -> int | None:
         """The index of the root whose path (either spelling) is exactly ``path``."""
@@ -144,7 +152,7 @@ class PathPolicy:
         return attrs.evolve(self, roots=tuple(kept)), rejected
 
 
-@attrs.frozen
+@attrs.define(slots=True)
 class OpenedFile:
     """A regular file opened for reading; the caller closes ``fd``."""
 
@@ -190,27 +198,7 @@ class Resolver:
 
     def open_read(self, path: str) -> OpenedFile:
         """Open a regular file for reading (O_NOFOLLOW, non-blocking for FIFOs)."""
-
-        def final(dir_fd: int, name: str, shown: str) -> OpenedFile:
-            try:
-                fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise _FollowLink from None
-                if exc.errno == errno.ENXIO:  # a socket
-                    raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file") from None
-                raise from_os_error(exc, shown) from None
-            try:
-                st = os.fstat(fd)
-            except OSError as exc:
-                os.close(fd)
-                raise from_os_error(exc, shown) from None
-            if not stat.S_ISREG(st.st_mode):
-                os.close(fd)
-                raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file")
-            return OpenedFile(fd=fd, size=st.st_size, shown=shown, st=st)
-
-        return self.walk(path, final)
+        return self.walk(path, _open_regular)
 
     def shown(self, path: str) -> str:
         """The root-relative spelling of ``path`` used in messages."""
@@ -271,11 +259,16 @@ class Resolver:
                 if outside is None and comp != "..":
                     parent = fds[-1] if fds else self._root_fd(root, shown)
                     if queue or want_dir:
+                        names.append(comp)
+                        cached = self._dirs.get((root, "/".join(names)))
+                        if cached is not None:
+                            fds.append(cached)
+                            continue
                         child = self._open_dir(parent, comp, shown)
                         if child is not None:
-                            names.append(comp)
                             fds.append(self._remember(root, names, child, owned))
                             continue
+                        names.pop()
                         target = self._read_link(parent, comp, shown, policy)
                     else:
                         try:
@@ -395,6 +388,27 @@ class Resolver:
             return os.readlink(name, dir_fd=parent)
         except OSError as exc:
             raise from_os_error(exc, shown) from None
+
+
+def _open_regular(dir_fd: int, name: str, shown: str) -> OpenedFile:
+    """Open ``name`` in ``dir_fd`` for reading if it is a regular file (never following a link)."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _FollowLink from None
+        if exc.errno == errno.ENXIO:  # a socket
+            raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file") from None
+        raise from_os_error(exc, shown) from None
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise from_os_error(exc, shown) from None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file")
+    return OpenedFile(fd, st.st_size, shown, st)
 
 
 def _outside(shown: str, why: str) -> PlokeIoError:
