@@ -243,6 +243,25 @@ async def test_sigterm_stops_a_tcp_server_cleanly(workspace: Path, tmp_path: Pat
     await server.stop()
 
 
+async def test_wire_format_of_a_batch_response(workspace: Path) -> None:
+    text = 'naïve 日本 🦀 "quoted" back\\slash\ttab\n'
+    f = write(workspace / "m.txt", text)
+    raw = await Raw.stdio("--root", str(workspace))
+    await raw.initialize()
+    raw.send({
+        "jsonrpc": "2.0", "id": 3, "method": methods.GET_SNIPPETS,
+        "params": {"snippets": [{"filePath": str(f)}, {"filePath": "rel"}]},
+    })  # fmt: skip
+    header = await raw.reader.readuntil(b"\r\n\r\n")
+    length = int(header.split(b":")[1])
+    body = await raw.reader.readexactly(length)
+    assert body.isascii()  # non-ASCII text is sent as \u escapes
+    msg = json.loads(body)
+    assert msg["jsonrpc"] == "2.0" and msg["id"] == 3
+    assert msg["result"]["results"][0]["text"] == text
+    assert msg["result"]["results"][1]["error"]["kind"] == "InvalidPath"
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 BAD_FRAMES = [
