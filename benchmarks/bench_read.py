@@ -8,7 +8,8 @@ Compared in the same run against:
   floor  - a plain in-process Python loop doing the same reads, hashes and slices, plus one
            JSON encode+decode of the request and one of the response (the least any RPC
            server can cost);
-  naive  - a naive pygls 2 server (untyped params, one open per snippet): benchmarks/naive_server.py;
+  naive  - a naive pygls 2 server (untyped params, one open per snippet):
+           benchmarks/naive_server.py;
   mcp    - (b) only: the MCP filesystem server's read_multiple_files
            (npm @modelcontextprotocol/server-filesystem, installed under benchmarks/.work).
 
@@ -45,7 +46,7 @@ WORK = os.path.join(HERE, ".work")
 MCP_PKG = "@modelcontextprotocol/server-filesystem"
 
 
-# -- workload ---------------------------------------------------------------------------------------
+# -- workload -------------------------------------------------------------------------------------
 
 
 def make_snippets(files: list[str], n: int, seed: int = 11) -> list[dict[str, Any]]:
@@ -109,7 +110,7 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-# -- peers ------------------------------------------------------------------------------------------
+# -- peers ----------------------------------------------------------------------------------------
 
 
 class McpClient:
@@ -196,7 +197,7 @@ def ensure_mcp() -> bool:
     return os.path.exists(entry)
 
 
-# -- main -------------------------------------------------------------------------------------------
+# -- main -----------------------------------------------------------------------------------------
 
 
 def median(xs: list[float]) -> float:
@@ -318,7 +319,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             root,
             args,
             use_mcp=False,
-        )  # fmt: skip
+        )
     )
     whole = [{"filePath": f} for f in files]
     report["cases"].append(

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--symlink-policy",
         choices=[m.value for m in SymlinkPolicy],
         default=None,
-        help="how symlinks are followed (default denyCrossRoot); a client may only tighten it",
+        help="how symlinks are followed (default denyCrossRoot); when given, a client may "
+        "only tighten it",
     )
     p.add_argument(
         "--fd-limit",
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="watch the roots for every client")
     p.add_argument("--tcp", action="store_true", help="serve over TCP instead of stdio")
     p.add_argument("--host", default="127.0.0.1", help="TCP host (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=2087, help="TCP port (default 2087; 0 = any)")
+    p.add_argument("--port", type=_port, default=2087, help="TCP port (default 2087; 0 = any)")
     p.add_argument(
         "--token-file",
         default=None,
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 token = load_or_create_token(path)
             except (OSError, ValueError) as exc:
-                print(f"ploke-io-server: token file: {exc}", file=sys.stderr)
+                print(f"ploke-io-server: {exc}", file=sys.stderr)
                 return 2
             print(f"token file: {path}", file=sys.stderr, flush=True)
         if not _is_loopback(args.host):
@@ -165,6 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
 
     return asyncio.run(run())
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not in 0..65535")
+    return port
 
 
 def _is_loopback(host: str) -> bool:

@@ -284,7 +284,13 @@ class Resolver:
                     if target.startswith("/"):
                         m = self._match_target(target, link_root, policy)
                         if m is None:
-                            raise _outside(shown, "symlink target is outside the allowed roots")
+                            elsewhere = self.policy.match(target) is not None
+                            raise _outside(
+                                shown,
+                                "symlink target is in another root (symlinkPolicy denyCrossRoot)"
+                                if elsewhere
+                                else "symlink target is outside the allowed roots",
+                            )
                         root, names, fds = m[0], [], []
                         target = m[1]
                     parts = [c for c in target.split("/") if c and c != "."]
@@ -334,10 +340,7 @@ class Resolver:
         fd = self._root_fds.get(root)
         if fd is not None:
             return fd
-        try:
-            fd = os.open(self.policy.roots[root].real, _DIR_FLAGS & ~os.O_NOFOLLOW)
-        except OSError as exc:
-            raise from_os_error(exc, shown) from None
+        fd = _open_root(self.policy.roots[root].real, shown)
         with self._lock:
             if self._closed:
                 os.close(fd)
@@ -376,7 +379,7 @@ class Resolver:
                 if stat.S_ISLNK(st.st_mode):
                     return None
                 raise PlokeIoError(
-                    ErrorKind.NotFound, f"{shown}: a parent is not a directory"
+                    ErrorKind.NotFound, f"{shown}: {name!r} is not a directory"
                 ) from None
             raise from_os_error(exc, shown) from None
 
@@ -388,6 +391,34 @@ class Resolver:
             return os.readlink(name, dir_fd=parent)
         except OSError as exc:
             raise from_os_error(exc, shown) from None
+
+
+def _open_root(real: str, shown: str) -> int:
+    """Open a root by its canonical path, refusing any symlink on the way.
+
+    ``real`` was symlink-free when the root was configured; a symlink there now means the root
+    (or a parent) was replaced, and following it would move the whole root elsewhere.
+    """
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for comp in real.split("/"):
+            if not comp:
+                continue
+            try:
+                child = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                    raise PlokeIoError(
+                        ErrorKind.OutsideRoots,
+                        f"{shown}: the root directory was replaced by a symlink or a file",
+                    ) from None
+                raise from_os_error(exc, shown or ".") from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _open_regular(dir_fd: int, name: str, shown: str) -> OpenedFile:

@@ -486,6 +486,36 @@ async def test_bad_initialization_options_name_the_field(
     assert await raw.exit_code() == 1
 
 
+def test_stdio_from_and_to_regular_files(workspace: Path, tmp_path: Path) -> None:
+    """``ploke-io-server < requests > responses``: files instead of pipes work too."""
+    import subprocess
+
+    f = write(workspace / "f.txt", "from a file")
+    frames = b""
+    for msg in (
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT},
+        {"jsonrpc": "2.0", "id": 2, "method": methods.GET_SNIPPETS,
+         "params": {"snippets": [{"filePath": str(f)}]}},
+        {"jsonrpc": "2.0", "id": 3, "method": "shutdown"},
+        {"jsonrpc": "2.0", "method": "exit"},
+    ):  # fmt: skip
+        body = json.dumps(msg).encode()
+        frames += b"Content-Length: %d\r\n\r\n" % len(body) + body
+    (tmp_path / "in").write_bytes(frames)
+    with open(tmp_path / "in", "rb") as stdin, open(tmp_path / "out", "wb") as stdout:
+        proc = subprocess.run(
+            [*SERVER, "--root", str(workspace)], stdin=stdin, stdout=stdout, timeout=60
+        )
+    assert proc.returncode == 0
+    out = (tmp_path / "out").read_bytes()
+    bodies = [
+        json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in out.split(b"Content-Length")[1:]
+    ]
+    by_id = {b["id"]: b for b in bodies}
+    assert by_id[2]["result"]["results"][0]["text"] == "from a file"
+    assert by_id[3]["result"] is None
+
+
 def test_cli_rejects_a_missing_root(tmp_path: Path) -> None:
     import subprocess
 

@@ -18,6 +18,7 @@ import enum
 import hmac
 import json
 import logging
+import re
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -32,7 +33,7 @@ from ..methods import PLOKE_REQUESTS
 from ..paths import PathPolicy
 from .framing import FrameWriter, Sink
 from .handlers import register_handlers
-from .models import REQUEST_TYPES, ParamsError, parse_init_options
+from .models import REQUEST_TYPES, ParamsError, batch_size, parse_init_options
 from .protocol import PlokeLanguageServer
 
 __all__ = ["Connection", "Session"]
@@ -44,6 +45,13 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 SERVER_NOT_INITIALIZED = -32002
+
+MAX_INFLIGHT = 256
+"""Requests one connection may have running at once; beyond, it is not read further."""
+PREAUTH_MAX_MESSAGE = 1024 * 1024
+"""Largest message a TCP client may send before it has authenticated."""
+PREAUTH_TIMEOUT_S = 30.0
+"""Time a TCP client has, from connecting or from its last frame, to authenticate."""
 
 # How strict each policy is: a client may pick one at least as strict as an operator's choice.
 _STRICTNESS = {
@@ -104,6 +112,9 @@ class Connection:
         self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         register_handlers(self.server, self)
 
+    def _preauth(self) -> bool:
+        return self.auth_token is not None and self.state is State.NEW
+
     def stop(self) -> None:
         """End the connection as if the client closed it (SIGTERM, server stop)."""
         self._closing = True
@@ -111,9 +122,20 @@ class Connection:
             self._stopped.set_result(None)
 
     async def _next_frame(self) -> bytes | None:
-        """The next frame, or None at EOF or when the connection is stopped."""
+        """The next frame, or None at EOF or when the connection is stopped.
+
+        Before a TCP client has authenticated it gets PREAUTH_TIMEOUT_S to do so.
+        """
         read = asyncio.ensure_future(self._read_frame())
-        await asyncio.wait((read, self._stopped), return_when=asyncio.FIRST_COMPLETED)
+        timeout = PREAUTH_TIMEOUT_S if self._preauth() else None
+        await asyncio.wait(
+            (read, self._stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if timeout is not None and not read.done() and not self._stopped.done():
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
+            raise TimeoutError
         if not read.done():
             read.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -124,27 +146,38 @@ class Connection:
     # -- main loop -------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Read and dispatch messages; on the way out, let in-flight requests finish."""
-        exit_code = 1
+        """Read and dispatch messages; on the way out, let in-flight requests finish.
+
+        Returns the exit code: 0 after ``shutdown``, 1 otherwise (``exit`` decides the same).
+        """
+        exit_code: int | None = None
         try:
             while not self._closing:
+                # Back-pressure: stop reading while the client leaves its answers unread or
+                # keeps too many requests running.
+                await self.writer.wait_drained()
+                while len(self.inflight) >= MAX_INFLIGHT:
+                    await asyncio.wait(set(self.inflight), return_when=asyncio.FIRST_COMPLETED)
                 try:
                     body = await self._next_frame()
                 except _FrameError as exc:
                     self.send_error(None, exc.code, str(exc))
                     continue
-                if body is None:  # EOF
-                    exit_code = 0 if self.state is State.SHUTDOWN else 1
+                except TimeoutError:
+                    log.warning("%s: no successful initialize in time; closing", self.name)
                     break
-                code = self._handle_body(body)
-                if code is not None:
-                    exit_code = code
+                if body is None:  # EOF, or the server is stopping
+                    break
+                exit_code = self._handle_body(body)
+                if exit_code is not None:
                     break
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("%s: connection lost: %s", self.name, exc)
         finally:
             await self._drain_inflight()
             await self.writer.aclose()
+        if exit_code is None:
+            exit_code = 0 if self.state is State.SHUTDOWN else 1
         return exit_code
 
     async def _drain_inflight(self) -> None:
@@ -192,11 +225,12 @@ class Connection:
                 await self._discard(length)
             raise _FrameError(problem)
         assert length is not None
-        if length > self.config.max_message_bytes:
+        limit = PREAUTH_MAX_MESSAGE if self._preauth() else self.config.max_message_bytes
+        if length > limit:
             await self._discard(length)
             raise _FrameError(
-                f"message of {length} bytes exceeds the limit of "
-                f"{self.config.max_message_bytes} bytes (--max-message-bytes)",
+                f"message of {length} bytes exceeds the limit of {limit} bytes"
+                + (" before authentication" if self._preauth() else " (--max-message-bytes)"),
                 INVALID_REQUEST,
             )
         return await self.reader.readexactly(length)
@@ -258,11 +292,9 @@ class Connection:
             return None
         if method == lsp.SHUTDOWN:
             self.state = State.SHUTDOWN
-        if method in PLOKE_REQUESTS:
-            if not has_id:
-                log.warning("%s: ignoring %s sent as a notification", self.name, method)
-                return None
-            self.engine.counters.requests[method] += 1
+        if method in PLOKE_REQUESTS and not has_id:
+            log.warning("%s: ignoring %s sent as a notification", self.name, method)
+            return None
         self._pass_to_pygls(data, msg_id if has_id else None)
         return None
 
@@ -287,7 +319,15 @@ class Connection:
     def _structure(self, data: dict[str, Any], method: str, msg_id: Any) -> Any:
         entry = REQUEST_TYPES.get(method)
         if entry is not None and msg_id is not None:
-            return entry[0](id=msg_id, params=entry[1](data.get("params")))
+            params = entry[1](data.get("params"))
+            batch = batch_size(params)
+            if batch is not None and batch[1] > self.config.max_batch_items:
+                raise ParamsError(
+                    batch[0],
+                    f"batch of {batch[1]} items exceeds the limit of "
+                    f"{self.config.max_batch_items} (--max-batch-items); split the request",
+                )
+            return entry[0](id=msg_id, params=params)
         message_type = self.protocol.get_message_type(method)
         if message_type is None:
             if msg_id is not None:
@@ -296,12 +336,13 @@ class Connection:
         try:
             return self.protocol.ploke_converter.structure(data, message_type)
         except Exception as exc:
-            detail = (
-                "; ".join(cattrs.transform_error(exc))
-                if isinstance(exc, cattrs.ClassValidationError)
-                else str(exc)
-            )
-            raise ParamsError("params", detail.replace("$.", "")) from None
+            if isinstance(exc, cattrs.ClassValidationError):
+                detail = "; ".join(cattrs.transform_error(exc, path="message"))
+            else:
+                detail = str(exc)
+            # Name fields as they are on the wire (camelCase), not as Python attributes.
+            detail = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), detail)
+            raise ParamsError("params", detail) from None
 
     # -- initialize ------------------------------------------------------------------------------
 
@@ -368,6 +409,8 @@ class Connection:
                 if usable:
                     policy = PathPolicy.of(usable, policy.symlink_policy)
         watch = self.config.watch or bool(opts.watch)
+        if watch:
+            warnings.append("the watcher (ploke/didChangeFiles) is not available in this version")
         return Session(policy=policy, watch=watch), warnings
 
     # -- sending ---------------------------------------------------------------------------------

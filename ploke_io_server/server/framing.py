@@ -13,13 +13,15 @@ import collections
 import contextlib
 import logging
 import os
+import stat
 from typing import Protocol
 
-__all__ = ["FileSink", "FrameWriter", "PipeSink", "Sink"]
+__all__ = ["QUEUE_HIGH_WATER", "FileSink", "FrameWriter", "PipeSink", "Sink"]
 
 log = logging.getLogger(__name__)
 
 _SMALL = 64 * 1024
+QUEUE_HIGH_WATER = 32 * 1024 * 1024
 
 
 class Sink(Protocol):
@@ -62,6 +64,10 @@ class PipeSink:
 
     @classmethod
     async def open(cls, fd: int) -> PipeSink:
+        """Flow-controlled writes to a pipe, socket or terminal (ValueError for other files)."""
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+            raise ValueError("not a pipe, socket or character device")
         loop = asyncio.get_running_loop()
         pipe = os.fdopen(fd, "wb", buffering=0)
         transport, protocol = await loop.connect_write_pipe(_PipeProtocol, pipe)
@@ -117,6 +123,10 @@ class FrameWriter:
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
         self.closed = False
+        self.queued_bytes = 0
+        """Bytes queued and not yet handed to the transport."""
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     def write(self, body: bytes) -> None:
         """One whole body (the pygls writer interface, without headers)."""
@@ -128,6 +138,9 @@ class FrameWriter:
             return
         total = sum(map(len, chunks))
         header = b"Content-Length: %d\r\n\r\n" % total
+        self.queued_bytes += total + len(header)
+        if self.queued_bytes > QUEUE_HIGH_WATER:
+            self._drained.clear()
         if total <= _SMALL:
             self._queue.append([header + b"".join(chunks)])
         else:
@@ -144,6 +157,7 @@ class FrameWriter:
                     for chunk in message:
                         self._sink.write(chunk)
                         await self._sink.drain()
+                        self._account(len(chunk))
                 if self._closing:
                     return
                 self._wakeup.clear()
@@ -152,6 +166,21 @@ class FrameWriter:
             log.info("client went away while writing: %s", exc)
             self.closed = True
             self._queue.clear()
+            self.queued_bytes = 0
+            self._drained.set()
+
+    def _account(self, written: int) -> None:
+        self.queued_bytes -= written
+        if self.queued_bytes <= QUEUE_HIGH_WATER:
+            self._drained.set()
+
+    async def wait_drained(self) -> None:
+        """Wait while more than QUEUE_HIGH_WATER bytes of responses wait for the client.
+
+        The connection calls this before reading the next request: a client that does not
+        read its responses stops being read, instead of making the server buffer them all.
+        """
+        await self._drained.wait()
 
     def close(self) -> None:
         """The pygls writer interface: flush and close in the background."""

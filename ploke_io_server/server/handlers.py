@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lsprotocol import types as lsp
-from pygls.exceptions import JsonRpcInvalidParams
 
 from .. import __version__, methods
 from ..types import ProgressFn
@@ -37,45 +37,48 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
     """Register every ``ploke/*`` method of one connection."""
     engine = conn.engine
 
-    def tracked(fn: Callable[[_P], Awaitable[_R]]) -> Callable[[_P], Awaitable[_R]]:
-        """Keep the request's task in ``conn.inflight`` so exit/EOF can wait for it.
+    def handler(
+        method: str,
+    ) -> Callable[[Callable[[_P], Awaitable[_R]]], Callable[[_P], Awaitable[_R]]]:
+        """Register ``method``; count each request and keep its task in ``conn.inflight``.
 
         The task starts before the connection reads its next frame (asyncio runs ready
         callbacks in order), and leaves the set in a done-callback registered after pygls's
-        own, so by the time it is gone its response has been written.
+        own, so by the time it is gone its response has been written: exit/EOF wait for it.
         """
 
-        @functools.wraps(fn)
-        async def wrapper(params: _P) -> _R:
-            task = asyncio.current_task()
-            assert task is not None
-            conn.inflight.add(task)
-            task.add_done_callback(conn.inflight.discard)
-            return await fn(params)
+        def register(fn: Callable[[_P], Awaitable[_R]]) -> Callable[[_P], Awaitable[_R]]:
+            @functools.wraps(fn)
+            async def wrapper(params: _P) -> _R:
+                task = asyncio.current_task()
+                assert task is not None
+                conn.inflight.add(task)
+                task.add_done_callback(conn.inflight.discard)
+                engine.counters.requests[method] += 1
+                return await fn(params)
 
-        return wrapper
+            ls.feature(method)(wrapper)
+            return wrapper
 
-    @ls.feature(methods.GET_SNIPPETS)
-    @tracked
+        return register
+
+    @handler(methods.GET_SNIPPETS)
     async def get_snippets(params: GetSnippetsParams) -> GetSnippetsResult:
-        _check_batch(len(params.snippets), "snippets", conn)
         with _progress(ls, params.work_done_token, "Reading snippets") as report:
             results = await engine.get_snippets(
                 params.snippets, policy=conn.session.policy, progress=report
             )
         return GetSnippetsResult(results)
 
-    @ls.feature(methods.HASH_FILES)
-    @tracked
+    @handler(methods.HASH_FILES)
     async def hash_files(params: HashFilesParams) -> HashFilesResult:
-        _check_batch(len(params.paths), "paths", conn)
         with _progress(ls, params.work_done_token, "Hashing files") as report:
             results = await engine.hash_files(
                 params.paths, policy=conn.session.policy, progress=report
             )
         return HashFilesResult(results)
 
-    @ls.feature(methods.STATUS)
+    @handler(methods.STATUS)
     async def status(params: StatusParams) -> StatusResult:
         s = engine.status(conn.session.policy)
         return StatusResult(
@@ -84,14 +87,11 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
             symlink_policy=s["symlinkPolicy"],
             fd_limit=s["fdLimit"],
             max_file_bytes=s["maxFileBytes"],
-            watcher=WatcherStatus(
-                enabled=conn.session.watch, debounce_ms=engine.config.debounce_ms
-            ),
+            watcher=WatcherStatus(enabled=False, debounce_ms=engine.config.debounce_ms),
             counters=s["counters"],
         )
 
-    @ls.feature(lsp.SHUTDOWN)
-    @tracked
+    @handler(lsp.SHUTDOWN)
     async def shutdown(params: Any) -> None:
         # Requests of this connection still running (writes above all) finish first.
         me = asyncio.current_task()
@@ -100,25 +100,29 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
             await asyncio.gather(*others, return_exceptions=True)
 
 
-def _check_batch(n: int, field: str, conn: Connection) -> None:
-    limit = conn.config.max_batch_items
-    if n > limit:
-        raise JsonRpcInvalidParams(
-            f"invalid params: {field}: batch of {n} items exceeds the limit of {limit} "
-            "(--max-batch-items); split the request"
-        )
-
-
 @contextlib.contextmanager
 def _progress(
     ls: PlokeLanguageServer, token: int | str | None, title: str
 ) -> Iterator[ProgressFn | None]:
-    """$/progress begin/report/end around a batch when the client gave a workDoneToken."""
+    """$/progress begin/report/end around a batch when the client gave a workDoneToken.
+
+    ``window/workDoneProgress/cancel`` for the token cancels the request, like
+    ``$/cancelRequest`` (answered -32800).
+    """
     if token is None:
         yield None
         return
     progress = ls.work_done_progress
     progress.begin(token, lsp.WorkDoneProgressBegin(title=title, percentage=0, cancellable=True))
+    task = asyncio.current_task()
+    cancel_future = progress.tokens.get(token)
+
+    def on_cancel(future: concurrent.futures.Future[Any]) -> None:
+        if future.cancelled() and task is not None:
+            task.cancel()
+
+    if cancel_future is not None:
+        cancel_future.add_done_callback(on_cancel)
     last = [-1]
 
     def report(done: int, total: int) -> None:
@@ -133,4 +137,6 @@ def _progress(
         yield report
     finally:
         progress.end(token, lsp.WorkDoneProgressEnd(message="done"))
-        progress.tokens.pop(token, None)
+        done_future = progress.tokens.pop(token, None)
+        if done_future is not None and not done_future.done():
+            done_future.set_result(None)

@@ -36,6 +36,7 @@ __all__ = [
     "StatusRequest",
     "StatusResult",
     "WatcherStatus",
+    "batch_size",
     "encode_response",
     "error_to_json",
     "make_converter",
@@ -200,6 +201,15 @@ def structure_hash_files(value: Any, _t: Any = None) -> HashFilesParams:
 def structure_status(value: Any, _t: Any = None) -> StatusParams:
     _object(value, "params")
     return StatusParams()
+
+
+def batch_size(params: Any) -> tuple[str, int] | None:
+    """(field, number of items) of a batch request's params, None for other params."""
+    if isinstance(params, GetSnippetsParams):
+        return "snippets", len(params.snippets)
+    if isinstance(params, HashFilesParams):
+        return "paths", len(params.paths)
+    return None
 
 
 def parse_init_options(value: Any) -> InitOptions:

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import cattrs
+from lsprotocol.types import TextDocumentSyncKind
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import JsonRPCResponseMessage, LanguageServerProtocol
 
@@ -78,6 +79,8 @@ class PlokeLanguageServer(LanguageServer):
         super().__init__(
             name="ploke-io-server",
             version=__version__,
+            # No text document sync: this server reads files from disk, not editor buffers.
+            text_document_sync_kind=TextDocumentSyncKind.None_,
             protocol_cls=PlokeProtocol,
             converter_factory=make_converter,
             max_workers=1,

@@ -93,8 +93,11 @@ def load_or_create_token(path: str) -> str:
         st = os.stat(path)
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("token file %s is readable by others; chmod 600 it", path)
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read token file {path}: {exc}") from None
         if not token:
             raise ValueError(f"token file {path} is empty") from None
         return token
