@@ -155,9 +155,11 @@ class IoManager:
             out.append(r)
         return out
 
-    def _count_read(self, nbytes: int) -> None:
+    def _count_read(self, nbytes: int | None) -> None:
         # Counters are updated from worker threads; int += under the GIL can interleave, so
         # take a lock (cheap next to a file read).
+        if nbytes is None:
+            return
         with _COUNTER_LOCK:
             self.counters.files_read += 1
             self.counters.bytes_read += nbytes

@@ -62,7 +62,7 @@ def snippets_of_file(
     group: Sequence[tuple[int, SnippetRequest]],
     results: list[SnippetResult | None],
     max_bytes: int,
-) -> int:
+) -> int | None:
     """Fill ``results[i]`` for every ``(i, request)`` of ``group`` (all naming ``path``).
 
     The file is read, hashed and decoded once; returns the number of bytes read. This loop
@@ -73,7 +73,7 @@ def snippets_of_file(
     except PlokeIoError as err:
         for i, _req in group:
             results[i] = err
-        return 0
+        return None
     shown = opened.shown
     size = len(data)
     digest = hash_bytes(data)
@@ -133,10 +133,10 @@ def _mismatch(shown: str, want: str | None, digest: str) -> PlokeIoError | None:
     )
 
 
-def hash_one(resolver: Resolver, path: str, max_bytes: int) -> tuple[HashResult, int]:
-    """Hash one file; returns the result and the number of bytes read."""
+def hash_one(resolver: Resolver, path: str, max_bytes: int) -> tuple[HashResult, int | None]:
+    """Hash one file; returns the result and the number of bytes read (None: not read)."""
     try:
         data, _opened = read_file_bytes(resolver, path, max_bytes)
     except PlokeIoError as err:
-        return err, 0
+        return err, None
     return FileHash(file_hash=hash_bytes(data), size=len(data)), len(data)

@@ -337,7 +337,7 @@ class Connection:
             return self.protocol.ploke_converter.structure(data, message_type)
         except Exception as exc:
             if isinstance(exc, cattrs.ClassValidationError):
-                detail = "; ".join(cattrs.transform_error(exc, path="message"))
+                detail = "; ".join(cattrs.transform_error(exc, path="$")).replace("$.", "")
             else:
                 detail = str(exc)
             # Name fields as they are on the wire (camelCase), not as Python attributes.
