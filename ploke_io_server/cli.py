@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import (
+    DEFAULT_AUTH_TIMEOUT_S,
     DEFAULT_DEBOUNCE_MS,
     DEFAULT_MAX_BATCH_ITEMS,
     DEFAULT_MAX_FILE_BYTES,
@@ -101,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-auth", action="store_true", help="TCP without a token (explicitly)")
     p.add_argument(
+        "--auth-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"TCP: time a client has to authenticate (default {DEFAULT_AUTH_TIMEOUT_S:g})",
+    )
+    p.add_argument(
         "--log-level",
         default=None,
         choices=["debug", "info", "warning", "error"],
@@ -132,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_file_bytes=args.max_file_bytes,
             max_batch_items=args.max_batch_items,
             max_message_bytes=args.max_message_bytes,
+            auth_timeout_s=args.auth_timeout,
             debounce_ms=args.debounce_ms,
             watch=args.watch,
         )
@@ -169,7 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _port(value: str) -> int:
-    port = int(value)
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {value!r} is not an integer") from None
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port {port} is not in 0..65535")
     return port

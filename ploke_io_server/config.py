@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 
 __all__ = [
+    "DEFAULT_AUTH_TIMEOUT_S",
     "DEFAULT_DEBOUNCE_MS",
     "DEFAULT_FD_LIMIT",
     "DEFAULT_MAX_BATCH_ITEMS",
@@ -41,6 +42,7 @@ DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_DEBOUNCE_MS = 250
 DEFAULT_MAX_BATCH_ITEMS = 100_000
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+DEFAULT_AUTH_TIMEOUT_S = 30.0
 
 
 class ConfigError(ValueError):
@@ -134,6 +136,8 @@ class Config:
     watch: bool = False
     max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    auth_timeout_s: float = DEFAULT_AUTH_TIMEOUT_S
+    """Time a TCP client has, from connecting, to send a valid initialize (token auth)."""
     roots_from_cli: bool = True
     """False when the roots are the current-directory default, which a client may replace."""
     symlink_policy_from_cli: bool = False
@@ -151,6 +155,7 @@ class Config:
         watch: bool = False,
         max_batch_items: int | None = None,
         max_message_bytes: int | None = None,
+        auth_timeout_s: float | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
     ) -> Config:
@@ -164,6 +169,8 @@ class Config:
             raise ConfigError("--debounce-ms must not be negative")
         if max_batch_items is not None and max_batch_items < 1:
             raise ConfigError("--max-batch-items must be at least 1")
+        if auth_timeout_s is not None and auth_timeout_s <= 0:
+            raise ConfigError("--auth-timeout must be positive")
         if max_message_bytes is not None and max_message_bytes < 1024:
             raise ConfigError("--max-message-bytes must be at least 1024")
         return cls(
@@ -177,6 +184,7 @@ class Config:
             watch=watch,
             max_batch_items=max_batch_items or DEFAULT_MAX_BATCH_ITEMS,
             max_message_bytes=max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
+            auth_timeout_s=auth_timeout_s or DEFAULT_AUTH_TIMEOUT_S,
             roots_from_cli=bool(given),
             symlink_policy_from_cli=bool(symlink_policy),
         )

@@ -36,13 +36,15 @@ class SnippetRequest:
 class Snippet:
     """The text of a snippet and the hash of the whole file it was read from.
 
-    ``content`` is the text either as ``str`` or as UTF-8 ``bytes`` already checked to be
-    valid: a slice of a non-ASCII file stays bytes until it is encoded, which keeps a large
-    batch compact (a ``str`` holding one emoji takes 4 bytes per character). Read ``text``.
+    ``content`` is the text as ``str``, or as UTF-8 ``bytes`` already checked to be valid
+    (what the engine returns: texts stay compact and are decoded once, when encoded; a ``str``
+    holding one emoji takes 4 bytes per character). Read ``text`` for a ``str``. ``whole`` is
+    True when the snippet is the whole file.
     """
 
     content: str | bytes
     file_hash: str
+    whole: bool = False
 
     @property
     def text(self) -> str:

@@ -64,6 +64,7 @@ class IoManager:
         self.config = config
         self.policy = PathPolicy.of(config.roots, config.symlink_policy)
         self.counters = Counters()
+        self.utf8 = read.Utf8Index()
         self._executor = ThreadPoolExecutor(
             max_workers=config.fd_limit, thread_name_prefix="ploke-io"
         )
@@ -93,7 +94,8 @@ class IoManager:
         max_bytes = self.config.max_file_bytes
 
         def work(resolver: Resolver, job: tuple[str, list[tuple[int, SnippetRequest]]]) -> None:
-            self._count_read(read.snippets_of_file(resolver, job[0], job[1], results, max_bytes))
+            n = read.snippets_of_file(resolver, job[0], job[1], results, max_bytes, self.utf8)
+            self._count_read(n)
 
         await self._run(policy, list(groups.items()), work, progress)
         return self._finish(results)

@@ -7,6 +7,7 @@ once, and every snippet of the batch that names it is cut from that one copy.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 
 from ..errors import ErrorKind, PlokeIoError, from_os_error
@@ -14,7 +15,7 @@ from ..hashing import hash_bytes
 from ..paths import OpenedFile, Resolver
 from ..types import FileHash, HashResult, Snippet, SnippetRequest, SnippetResult
 
-__all__ = ["hash_one", "read_file_bytes", "snippets_of_file"]
+__all__ = ["Utf8Index", "hash_one", "read_file_bytes", "snippets_of_file"]
 
 
 def read_file_bytes(resolver: Resolver, path: str, max_bytes: int) -> tuple[bytes, OpenedFile]:
@@ -56,17 +57,45 @@ def _too_large(shown: str, size: int, limit: int) -> PlokeIoError:
     )
 
 
+class Utf8Index:
+    """BLAKE3 digests of contents already checked to be valid UTF-8, with their ASCII-ness.
+
+    A file whose digest is here is not decoded again to be checked: the key is the hash of the
+    bytes themselves, so an entry can never be stale. Bounded; the oldest entries go first.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._entries: dict[str, bool] = {}
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> bool | None:
+        return self._entries.get(digest)
+
+    def add(self, digest: str, ascii_only: bool) -> None:
+        with self._lock:
+            if len(self._entries) >= self._max:
+                del self._entries[next(iter(self._entries))]
+            self._entries[digest] = ascii_only
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 def snippets_of_file(
     resolver: Resolver,
     path: str,
     group: Sequence[tuple[int, SnippetRequest]],
     results: list[SnippetResult | None],
     max_bytes: int,
+    utf8: Utf8Index,
 ) -> int | None:
     """Fill ``results[i]`` for every ``(i, request)`` of ``group`` (all naming ``path``).
 
-    The file is read, hashed and decoded once; returns the number of bytes read. This loop
-    runs once per snippet of a batch, so it is written for speed (no helper calls per item).
+    The file is read and hashed once, and checked to be UTF-8 once per distinct content;
+    returns the number of bytes read, or None if the file could not be read. Snippet texts
+    stay UTF-8 bytes (decoded by whoever needs a str). This loop runs once per snippet of a
+    batch, so it is written for speed (no helper calls per item).
     """
     try:
         data, opened = read_file_bytes(resolver, path, max_bytes)
@@ -77,16 +106,20 @@ def snippets_of_file(
     shown = opened.shown
     size = len(data)
     digest = hash_bytes(data)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        not_utf8 = PlokeIoError(
-            ErrorKind.NotUtf8, f"{shown}: not valid UTF-8 (at byte {exc.start})"
-        )
-        for i, req in group:
-            results[i] = _mismatch(shown, req.file_hash, digest) or not_utf8
-        return size
-    ascii_only = len(text) == size
+    ascii_only = utf8.get(digest)
+    if ascii_only is None:
+        ascii_only = data.isascii()
+        if not ascii_only:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                not_utf8 = PlokeIoError(
+                    ErrorKind.NotUtf8, f"{shown}: not valid UTF-8 (at byte {exc.start})"
+                )
+                for i, req in group:
+                    results[i] = _mismatch(shown, req.file_hash, digest) or not_utf8
+                return size
+        utf8.add(digest, ascii_only)
     for i, req in group:
         want = req.file_hash
         if want is not None and want != digest and want.lower() != digest:
@@ -96,7 +129,7 @@ def snippets_of_file(
         end = req.end_byte
         if start is None:
             if end is None:
-                results[i] = Snippet(text, digest)
+                results[i] = Snippet(data, digest, True)
                 continue
             start = 0
         elif end is None:
@@ -107,17 +140,18 @@ def snippets_of_file(
                 f"{shown}: range {start}..{end} is not within 0..{size}",
                 {"startByte": start, "endByte": end, "size": size},
             )
-        elif ascii_only:
-            results[i] = Snippet(text[start:end], digest)
         # A UTF-8 continuation byte is 0b10xxxxxx; every other offset starts a character.
-        elif (start < size and data[start] & 0xC0 == 0x80) or (
-            end < size and data[end] & 0xC0 == 0x80
+        elif not ascii_only and (
+            (start < size and data[start] & 0xC0 == 0x80)
+            or (end < size and data[end] & 0xC0 == 0x80)
         ):
             results[i] = PlokeIoError(
                 ErrorKind.InvalidRange,
                 f"{shown}: range {start}..{end} is not on UTF-8 character boundaries",
                 {"startByte": start, "endByte": end, "size": size},
             )
+        elif start == 0 and end == size:
+            results[i] = Snippet(data, digest, True)
         else:
             results[i] = Snippet(data[start:end], digest)  # valid UTF-8: checked above
     return size

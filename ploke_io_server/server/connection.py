@@ -50,8 +50,6 @@ MAX_INFLIGHT = 256
 """Requests one connection may have running at once; beyond, it is not read further."""
 PREAUTH_MAX_MESSAGE = 1024 * 1024
 """Largest message a TCP client may send before it has authenticated."""
-PREAUTH_TIMEOUT_S = 30.0
-"""Time a TCP client has, from connecting or from its last frame, to authenticate."""
 
 # How strict each policy is: a client may pick one at least as strict as an operator's choice.
 _STRICTNESS = {
@@ -110,6 +108,7 @@ class Connection:
         self.protocol.set_writer(self.writer, include_headers=False)
         self._closing = False
         self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._auth_deadline = asyncio.get_running_loop().time() + self.config.auth_timeout_s
         register_handlers(self.server, self)
 
     def _preauth(self) -> bool:
@@ -124,10 +123,12 @@ class Connection:
     async def _next_frame(self) -> bytes | None:
         """The next frame, or None at EOF or when the connection is stopped.
 
-        Before a TCP client has authenticated it gets PREAUTH_TIMEOUT_S to do so.
+        A TCP client that has not authenticated within ``--auth-timeout`` is disconnected.
         """
         read = asyncio.ensure_future(self._read_frame())
-        timeout = PREAUTH_TIMEOUT_S if self._preauth() else None
+        timeout = None
+        if self._preauth():
+            timeout = max(0.0, self._auth_deadline - asyncio.get_running_loop().time())
         await asyncio.wait(
             (read, self._stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
@@ -225,7 +226,9 @@ class Connection:
                 await self._discard(length)
             raise _FrameError(problem)
         assert length is not None
-        limit = PREAUTH_MAX_MESSAGE if self._preauth() else self.config.max_message_bytes
+        limit = self.config.max_message_bytes
+        if self._preauth():
+            limit = min(limit, PREAUTH_MAX_MESSAGE)
         if length > limit:
             await self._discard(length)
             raise _FrameError(
@@ -342,7 +345,7 @@ class Connection:
                 detail = str(exc)
             # Name fields as they are on the wire (camelCase), not as Python attributes.
             detail = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), detail)
-            raise ParamsError("params", detail) from None
+            raise ParamsError(method, detail) from None
 
     # -- initialize ------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ hand-written hooks too: they are the hot path of a 10,000-snippet response.
 
 from __future__ import annotations
 
+import collections
 import json
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _escape
@@ -23,7 +24,9 @@ from ..errors import ErrorKind, PlokeIoError
 from ..types import FileHash, Snippet, SnippetRequest
 
 __all__ = [
+    "ESCAPE_MEMO",
     "REQUEST_TYPES",
+    "EscapeMemo",
     "GetSnippetsParams",
     "GetSnippetsRequest",
     "GetSnippetsResult",
@@ -327,22 +330,69 @@ def _unstructure_hashes(result: HashFilesResult) -> dict[str, Any]:
 _dumps = json.JSONEncoder(ensure_ascii=True, check_circular=False, separators=(",", ":")).encode
 
 
-def _snippet_fragment(r: Snippet | PlokeIoError) -> str:
+class EscapeMemo:
+    """The JSON string form of whole-file texts, keyed by the file's BLAKE3 digest.
+
+    Escaping a large text is most of what a whole-file read costs the server; agents read the
+    same files again and again. The key is the hash of the content itself, so an entry is
+    never stale. Only texts of at least ``min_bytes`` are kept, within ``budget`` bytes (LRU).
+    Used from the event loop thread only.
+    """
+
+    def __init__(self, budget: int = 32 * 1024 * 1024, min_bytes: int = 4096) -> None:
+        self._entries: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self.budget = budget
+        self.min_bytes = min_bytes
+        self.size = 0
+        self.hits = 0
+        self.misses = 0
+
+    def escaped(self, snippet: Snippet) -> bytes:
+        c = snippet.content
+        if not snippet.whole or len(c) < self.min_bytes:
+            return _escape(c if type(c) is str else c.decode("utf-8")).encode()  # type: ignore[union-attr]
+        key = snippet.file_hash
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return hit
+        self.misses += 1
+        out = _escape(c if type(c) is str else c.decode("utf-8")).encode()  # type: ignore[union-attr]
+        if len(out) <= self.budget // 4:
+            self._entries[key] = out
+            self.size += len(out)
+            while self.size > self.budget:
+                _key, old = self._entries.popitem(last=False)
+                self.size -= len(old)
+        return out
+
+
+ESCAPE_MEMO = EscapeMemo()
+
+
+def _snippet_fragment(r: Snippet | PlokeIoError) -> bytes:
     if type(r) is Snippet:
-        c = r.content
-        text = _escape(c if type(c) is str else c.decode("utf-8"))  # type: ignore[union-attr]
-        return "".join(('{"ok":true,"text":', text, ',"fileHash":"', r.file_hash, '"}'))
-    return _dumps(_snippet_json(r))
+        return b"".join(
+            (
+                b'{"ok":true,"text":',
+                ESCAPE_MEMO.escaped(r),
+                b',"fileHash":"',
+                r.file_hash.encode(),
+                b'"}',
+            )
+        )
+    return _dumps(_snippet_json(r)).encode()
 
 
-def _hash_fragment(r: FileHash | PlokeIoError) -> str:
+def _hash_fragment(r: FileHash | PlokeIoError) -> bytes:
     if type(r) is FileHash:
-        return '{"ok":true,"fileHash":"' + r.file_hash + '","size":' + str(r.size) + "}"
-    return _dumps(_hash_json(r))
+        return b'{"ok":true,"fileHash":"%s","size":%d}' % (r.file_hash.encode(), r.size)
+    return _dumps(_hash_json(r)).encode()
 
 
 # Results whose ``results`` list is encoded in chunks (and released as it goes).
-_CHUNKED: dict[type[Any], Callable[[Any], str]] = {
+_CHUNKED: dict[type[Any], Callable[[Any], bytes]] = {
     GetSnippetsResult: _snippet_fragment,
     HashFilesResult: _hash_fragment,
 }
@@ -352,10 +402,11 @@ _CHUNK_ITEMS = 256
 def encode_response(msg_id: MsgId, result: Any) -> list[bytes] | None:
     """Encode a batch response as chunks of bytes, or None if ``result`` is not a batch.
 
-    Items are turned into JSON a few hundred at a time, by string templates around the C
-    string escaper (2x faster than building dicts for ``json.dumps``), and dropped from the
-    result list as soon as they are encoded, so a large response never exists as Python
-    objects, one huge string and one huge bytes object at once. ASCII-escaped output is kept:
+    Items are turned into JSON a few hundred at a time, by templates around the C string
+    escaper (2x faster than building dicts for ``json.dumps``; whole-file texts go through
+    :data:`ESCAPE_MEMO`), and dropped from the result list as soon as they are encoded, so a
+    large response never exists as Python objects, one huge string and one huge bytes object
+    at once. ASCII-escaped output is kept:
     measured here, the C encoder is faster with ``ensure_ascii=True`` and the body only ~5%
     larger on a corpus with multi-byte text (see docs/performance.md). Hashes are lowercase
     hex made by the engine, so they need no escaping.
@@ -368,8 +419,8 @@ def encode_response(msg_id: MsgId, result: Any) -> list[bytes] | None:
     n = len(items)
     for start in range(0, n, _CHUNK_ITEMS):
         end = min(n, start + _CHUNK_ITEMS)
-        text = ",".join([fragment(r) for r in items[start:end]])
-        chunks.append((text if start == 0 else "," + text).encode())
+        text = b",".join([fragment(r) for r in items[start:end]])
+        chunks.append(text if start == 0 else b"," + text)
         items[start:end] = [None] * (end - start)
     chunks.append(b"]}}")
     return chunks
