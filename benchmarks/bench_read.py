@@ -212,6 +212,8 @@ async def run_case(
     print(title)
     request = {"snippets": items}
     ours = await PlokeClient.spawn(root=root)
+    # The same server without its JSON memo of whole files: what a first read costs.
+    ours_cold = await PlokeClient.spawn("--json-cache-bytes", "0", root=root)
     naive = await PlokeClient.spawn(command=[sys.executable, os.path.join(HERE, "naive_server.py")])
     mcp = await McpClient.start(root) if use_mcp else None
     paths = [i["filePath"] for i in items]
@@ -221,6 +223,10 @@ async def run_case(
 
     async def run_ours() -> None:
         res = await ours.get_snippets(items)
+        assert len(res) == len(items) and all(r["ok"] for r in res), res[:3]
+
+    async def run_ours_cold() -> None:
+        res = await ours_cold.get_snippets(items)
         assert len(res) == len(items) and all(r["ok"] for r in res), res[:3]
 
     async def run_naive() -> None:
@@ -234,7 +240,11 @@ async def run_case(
         )
         assert res["content"]
 
-    contenders = {"floor (in-process)": run_floor, "ploke-io-server": run_ours}
+    contenders = {
+        "floor (in-process)": run_floor,
+        "ploke-io-server": run_ours,
+        "ploke-io-server, memo off": run_ours_cold,
+    }
     if args.naive_rounds:
         contenders["naive pygls server"] = run_naive
     if mcp is not None:
@@ -252,7 +262,7 @@ async def run_case(
     assert ours.process is not None
     rss = peak_rss_mb(ours.process.pid)
     resp_mb = ours.last_body_bytes / 1e6
-    for client in (ours, naive):
+    for client in (ours, ours_cold, naive):
         await client.close()
     if mcp is not None:
         await mcp.close()
@@ -274,17 +284,19 @@ async def run_case(
             row.update(peak_rss_mb=round(rss), response_mb=round(resp_mb, 1))
             extra = f"peak RSS {rss:.0f} MB, response {resp_mb:.1f} MB"
         print(
-            f"  {name:<24} median {row['median_ms']:8.1f} ms  min {row['min_ms']:8.1f}  "
+            f"  {name:<26} median {row['median_ms']:8.1f} ms  min {row['min_ms']:8.1f}  "
             f"{row['x_floor']:6.2f}x floor  {extra}"
         )
         rows.append(row)
     med = {r["name"]: r["median_ms"] for r in rows}
     ours_ms = med["ploke-io-server"]
-    summary = f"  => ours {rows[1]['x_floor']:.2f}x floor"
+    summary = f"  => ours {rows[1]['x_floor']:.2f}x floor ({rows[2]['x_floor']:.2f}x memo off)"
     if "naive pygls server" in med:
         summary += f"; naive pygls is {med['naive pygls server'] / ours_ms:.1f}x slower than ours"
     if "MCP filesystem server" in med:
-        summary += f"; MCP is {med['MCP filesystem server'] / ours_ms:.1f}x slower than ours"
+        mcp_ms = med["MCP filesystem server"]
+        summary += f"; MCP is {mcp_ms / ours_ms:.1f}x slower than ours"
+        summary += f" ({mcp_ms / med['ploke-io-server, memo off']:.1f}x with the memo off)"
     print(summary)
     return {"title": title, "rows": rows}
 

@@ -14,6 +14,7 @@ from . import __version__
 from .config import (
     DEFAULT_AUTH_TIMEOUT_S,
     DEFAULT_DEBOUNCE_MS,
+    DEFAULT_JSON_CACHE_BYTES,
     DEFAULT_MAX_BATCH_ITEMS,
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -83,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest JSON-RPC message accepted (default {DEFAULT_MAX_MESSAGE_BYTES})",
     )
     p.add_argument(
+        "--json-cache-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"memory for whole-file texts kept in JSON form, keyed by content hash "
+        f"(default {DEFAULT_JSON_CACHE_BYTES}; 0 = off)",
+    )
+    p.add_argument(
         "--debounce-ms",
         type=int,
         default=None,
@@ -141,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_batch_items=args.max_batch_items,
             max_message_bytes=args.max_message_bytes,
             auth_timeout_s=args.auth_timeout,
+            json_cache_bytes=args.json_cache_bytes,
             debounce_ms=args.debounce_ms,
             watch=args.watch,
         )

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_AUTH_TIMEOUT_S",
     "DEFAULT_DEBOUNCE_MS",
     "DEFAULT_FD_LIMIT",
+    "DEFAULT_JSON_CACHE_BYTES",
     "DEFAULT_MAX_BATCH_ITEMS",
     "DEFAULT_MAX_FILE_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -43,6 +44,7 @@ DEFAULT_DEBOUNCE_MS = 250
 DEFAULT_MAX_BATCH_ITEMS = 100_000
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_AUTH_TIMEOUT_S = 30.0
+DEFAULT_JSON_CACHE_BYTES = 32 * 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -137,6 +139,8 @@ class Config:
     max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     auth_timeout_s: float = DEFAULT_AUTH_TIMEOUT_S
+    json_cache_bytes: int = DEFAULT_JSON_CACHE_BYTES
+    """Budget of the memo of whole-file texts in JSON form, keyed by content hash (0: off)."""
     """Time a TCP client has, from connecting, to send a valid initialize (token auth)."""
     roots_from_cli: bool = True
     """False when the roots are the current-directory default, which a client may replace."""
@@ -156,6 +160,7 @@ class Config:
         max_batch_items: int | None = None,
         max_message_bytes: int | None = None,
         auth_timeout_s: float | None = None,
+        json_cache_bytes: int | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
     ) -> Config:
@@ -169,6 +174,8 @@ class Config:
             raise ConfigError("--debounce-ms must not be negative")
         if max_batch_items is not None and max_batch_items < 1:
             raise ConfigError("--max-batch-items must be at least 1")
+        if json_cache_bytes is not None and json_cache_bytes < 0:
+            raise ConfigError("--json-cache-bytes must not be negative")
         if auth_timeout_s is not None and auth_timeout_s <= 0:
             raise ConfigError("--auth-timeout must be positive")
         if max_message_bytes is not None and max_message_bytes < 1024:
@@ -185,6 +192,9 @@ class Config:
             max_batch_items=max_batch_items or DEFAULT_MAX_BATCH_ITEMS,
             max_message_bytes=max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
             auth_timeout_s=auth_timeout_s or DEFAULT_AUTH_TIMEOUT_S,
+            json_cache_bytes=DEFAULT_JSON_CACHE_BYTES
+            if json_cache_bytes is None
+            else json_cache_bytes,
             roots_from_cli=bool(given),
             symlink_policy_from_cli=bool(symlink_policy),
         )

@@ -340,3 +340,31 @@ async def test_cancel_a_batch_in_flight(start_server: Any, transport: str, works
     # The server is still fine, and a later batch is whole.
     res = await snippets(client, [{"filePath": str(p), "endByte": 3} for p in paths])
     assert {ok(r) for r in res} == {"xxx"}
+
+
+async def test_whole_file_json_memo_is_keyed_by_content(
+    start_server: Any, transport: str, workspace: Path
+) -> None:
+    big = write(workspace / "big.rs", "// café\n" + "fn x() {}\n" * 1000)
+    client = await start_server(transport, "--root", str(workspace))
+    first = (await snippets(client, [{"filePath": str(big)}]))[0]
+    again = (await snippets(client, [{"filePath": str(big)}]))[0]
+    assert ok(first) == ok(again) == big.read_text()
+    memo = (await call(client, methods.STATUS))["counters"]["jsonCache"]
+    assert memo["misses"] == 1 and memo["hits"] == 1 and memo["bytes"] > 10_000
+    # Same size, same second: a new content is a new key, never the old text.
+    changed = big.read_text().replace("café", "cafe").replace("x()", "y()", 1) + " "
+    big.write_text(changed)
+    after = (await snippets(client, [{"filePath": str(big)}]))[0]
+    assert ok(after) == changed and after["fileHash"] == b3(changed.encode())
+
+
+async def test_json_memo_can_be_turned_off(
+    start_server: Any, transport: str, workspace: Path
+) -> None:
+    big = write(workspace / "big.txt", "x" * 10_000)
+    client = await start_server(transport, "--root", str(workspace), "--json-cache-bytes", "0")
+    for _ in range(2):
+        assert ok((await snippets(client, [{"filePath": str(big)}]))[0]) == "x" * 10_000
+    memo = (await call(client, methods.STATUS))["counters"]["jsonCache"]
+    assert memo == {"hits": 0, "misses": 0, "bytes": 0, "budget": 0}

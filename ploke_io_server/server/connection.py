@@ -33,7 +33,7 @@ from ..methods import PLOKE_REQUESTS
 from ..paths import PathPolicy
 from .framing import FrameWriter, Sink
 from .handlers import register_handlers
-from .models import REQUEST_TYPES, ParamsError, batch_size, parse_init_options
+from .models import REQUEST_TYPES, EscapeMemo, ParamsError, batch_size, parse_init_options
 from .protocol import PlokeLanguageServer
 
 __all__ = ["Connection", "Session"]
@@ -92,6 +92,7 @@ class Connection:
         *,
         auth_token: str | None = None,
         name: str = "stdio",
+        escape_memo: EscapeMemo | None = None,
     ) -> None:
         self.engine = engine
         self.config = engine.config
@@ -105,6 +106,7 @@ class Connection:
         self.protocol = self.server.protocol
         self.writer = FrameWriter(sink)
         self.protocol.frame_writer = self.writer
+        self.protocol.escape_memo = escape_memo or EscapeMemo(engine.config.json_cache_bytes)
         self.protocol.set_writer(self.writer, include_headers=False)
         self._closing = False
         self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -81,6 +81,13 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
     @handler(methods.STATUS)
     async def status(params: StatusParams) -> StatusResult:
         s = engine.status(conn.session.policy)
+        memo = conn.protocol.escape_memo
+        s["counters"]["jsonCache"] = {
+            "hits": memo.hits,
+            "misses": memo.misses,
+            "bytes": memo.size,
+            "budget": memo.budget,
+        }
         return StatusResult(
             version=__version__,
             roots=s["roots"],

@@ -24,7 +24,6 @@ from ..errors import ErrorKind, PlokeIoError
 from ..types import FileHash, Snippet, SnippetRequest
 
 __all__ = [
-    "ESCAPE_MEMO",
     "REQUEST_TYPES",
     "EscapeMemo",
     "GetSnippetsParams",
@@ -339,7 +338,7 @@ class EscapeMemo:
     Used from the event loop thread only.
     """
 
-    def __init__(self, budget: int = 32 * 1024 * 1024, min_bytes: int = 4096) -> None:
+    def __init__(self, budget: int, min_bytes: int = 4096) -> None:
         self._entries: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self.budget = budget
         self.min_bytes = min_bytes
@@ -349,7 +348,7 @@ class EscapeMemo:
 
     def escaped(self, snippet: Snippet) -> bytes:
         c = snippet.content
-        if not snippet.whole or len(c) < self.min_bytes:
+        if not snippet.whole or len(c) < self.min_bytes or self.budget <= 0:
             return _escape(c if type(c) is str else c.decode("utf-8")).encode()  # type: ignore[union-attr]
         key = snippet.file_hash
         hit = self._entries.get(key)
@@ -368,15 +367,12 @@ class EscapeMemo:
         return out
 
 
-ESCAPE_MEMO = EscapeMemo()
-
-
-def _snippet_fragment(r: Snippet | PlokeIoError) -> bytes:
+def _snippet_fragment(r: Snippet | PlokeIoError, memo: EscapeMemo) -> bytes:
     if type(r) is Snippet:
         return b"".join(
             (
                 b'{"ok":true,"text":',
-                ESCAPE_MEMO.escaped(r),
+                memo.escaped(r),
                 b',"fileHash":"',
                 r.file_hash.encode(),
                 b'"}',
@@ -385,26 +381,26 @@ def _snippet_fragment(r: Snippet | PlokeIoError) -> bytes:
     return _dumps(_snippet_json(r)).encode()
 
 
-def _hash_fragment(r: FileHash | PlokeIoError) -> bytes:
+def _hash_fragment(r: FileHash | PlokeIoError, memo: EscapeMemo) -> bytes:
     if type(r) is FileHash:
         return b'{"ok":true,"fileHash":"%s","size":%d}' % (r.file_hash.encode(), r.size)
     return _dumps(_hash_json(r)).encode()
 
 
 # Results whose ``results`` list is encoded in chunks (and released as it goes).
-_CHUNKED: dict[type[Any], Callable[[Any], bytes]] = {
+_CHUNKED: dict[type[Any], Callable[[Any, EscapeMemo], bytes]] = {
     GetSnippetsResult: _snippet_fragment,
     HashFilesResult: _hash_fragment,
 }
 _CHUNK_ITEMS = 256
 
 
-def encode_response(msg_id: MsgId, result: Any) -> list[bytes] | None:
+def encode_response(msg_id: MsgId, result: Any, memo: EscapeMemo) -> list[bytes] | None:
     """Encode a batch response as chunks of bytes, or None if ``result`` is not a batch.
 
     Items are turned into JSON a few hundred at a time, by templates around the C string
     escaper (2x faster than building dicts for ``json.dumps``; whole-file texts go through
-    :data:`ESCAPE_MEMO`), and dropped from the result list as soon as they are encoded, so a
+    ``memo``), and dropped from the result list as soon as they are encoded, so a
     large response never exists as Python objects, one huge string and one huge bytes object
     at once. ASCII-escaped output is kept:
     measured here, the C encoder is faster with ``ensure_ascii=True`` and the body only ~5%
@@ -419,7 +415,7 @@ def encode_response(msg_id: MsgId, result: Any) -> list[bytes] | None:
     n = len(items)
     for start in range(0, n, _CHUNK_ITEMS):
         end = min(n, start + _CHUNK_ITEMS)
-        text = b",".join([fragment(r) for r in items[start:end]])
+        text = b",".join([fragment(r, memo) for r in items[start:end]])
         chunks.append(text if start == 0 else b"," + text)
         items[start:end] = [None] * (end - start)
     chunks.append(b"]}}")

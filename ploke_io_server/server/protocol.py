@@ -14,7 +14,7 @@ from pygls.protocol import JsonRPCResponseMessage, LanguageServerProtocol
 
 from .. import __version__
 from .framing import FrameWriter
-from .models import REQUEST_TYPES, encode_response, make_converter
+from .models import REQUEST_TYPES, EscapeMemo, encode_response, make_converter
 
 __all__ = ["PlokeLanguageServer", "PlokeProtocol"]
 
@@ -34,6 +34,8 @@ class PlokeProtocol(LanguageServerProtocol):
         super().__init__(server, converter)
         self.ploke_converter = converter
         self.frame_writer: FrameWriter | None = None
+        self.escape_memo = EscapeMemo(0)
+        """Shared by every connection of the process; set by the Connection."""
 
     def get_message_type(self, method: str) -> type[Any] | None:  # type: ignore[override]
         entry = REQUEST_TYPES.get(method)
@@ -56,7 +58,7 @@ class PlokeProtocol(LanguageServerProtocol):
         try:
             chunks = None
             if isinstance(data, JsonRPCResponseMessage):
-                chunks = encode_response(data.id, data.result)
+                chunks = encode_response(data.id, data.result, self.escape_memo)
             if chunks is None:
                 chunks = [json.dumps(data, default=self._default).encode()]
         except Exception:

@@ -17,6 +17,7 @@ from typing import Any
 from ..engine import IoManager
 from .connection import Connection
 from .framing import FileSink, PipeSink, Sink
+from .models import EscapeMemo
 
 __all__ = ["load_or_create_token", "serve_stdio", "serve_tcp"]
 
@@ -111,11 +112,12 @@ async def serve_tcp(engine: IoManager, host: str, port: int, token: str | None) 
     """Serve many clients over TCP until SIGTERM/SIGINT; every client shares ``engine``."""
     loop = asyncio.get_running_loop()
     connections: dict[Connection, asyncio.Task[Any]] = {}
+    memo = EscapeMemo(engine.config.json_cache_bytes)  # one for all clients
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         name = f"tcp:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "tcp"
-        conn = Connection(engine, reader, writer, auth_token=token, name=name)
+        conn = Connection(engine, reader, writer, auth_token=token, name=name, escape_memo=memo)
         task = asyncio.current_task()
         assert task is not None
         connections[conn] = task
