@@ -38,9 +38,12 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-## Benchmarks (installs the npm peer on first use); results go to stdout.
+## Benchmarks (install the MCP filesystem server from npm on first use); figures to stdout
+## and benchmarks/results-*.json. BENCH_TREE: a real source tree to measure as well.
+BENCH_TREE ?= $(shell $(PY) -c "import mypy, os; print(os.path.dirname(mypy.__file__))" 2>/dev/null)
 bench: $(STAMP)
-	$(PY) benchmarks/bench_read.py
+	$(PY) benchmarks/bench_read.py --json benchmarks/results-generated.json
+	$(PY) benchmarks/bench_read.py --tree $(BENCH_TREE) --json benchmarks/results-tree.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
