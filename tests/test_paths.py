@@ -786,6 +786,15 @@ async def test_utf8_range_on_boundaries(
     assert got == [Snippet(text, b3(DATA))]
 
 
+async def assert_invalid_range(
+    make_manager: ManagerFactory, root: Path, name: str, start: int | None, end: int | None
+) -> None:
+    manager = make_manager(roots=[str(root)])
+    [got] = await manager.get_snippets([SnippetRequest(f"{root}/{name}", None, start, end)])
+    assert isinstance(got, PlokeIoError)
+    assert got.kind is ErrorKind.InvalidRange
+
+
 @pytest.mark.parametrize(
     ("start", "end"),
     [(2, 3), (1, 2), (0, 2), (4, 6), (3, 5), (7, 10), (6, 9), (0, 8), (2, None), (None, 7)],
@@ -793,10 +802,7 @@ async def test_utf8_range_on_boundaries(
 async def test_utf8_range_splitting_a_character(
     utf8_root: Path, make_manager: ManagerFactory, start: int | None, end: int | None
 ) -> None:
-    manager = make_manager(roots=[str(utf8_root)])
-    [got] = await manager.get_snippets([SnippetRequest(f"{utf8_root}/multi.txt", None, start, end)])
-    assert isinstance(got, PlokeIoError)
-    assert got.kind is ErrorKind.InvalidRange
+    await assert_invalid_range(make_manager, utf8_root, "multi.txt", start, end)
 
 
 @pytest.mark.parametrize(
@@ -818,10 +824,7 @@ async def test_utf8_range_splitting_a_character(
 async def test_range_out_of_order_or_past_the_end(
     utf8_root: Path, make_manager: ManagerFactory, name: str, start: int | None, end: int | None
 ) -> None:
-    manager = make_manager(roots=[str(utf8_root)])
-    [got] = await manager.get_snippets([SnippetRequest(f"{utf8_root}/{name}", None, start, end)])
-    assert isinstance(got, PlokeIoError)
-    assert got.kind is ErrorKind.InvalidRange
+    await assert_invalid_range(make_manager, utf8_root, name, start, end)
 
 
 @pytest.mark.parametrize(
