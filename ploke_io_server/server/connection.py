@@ -134,17 +134,14 @@ class Connection:
         await asyncio.wait(
             (read, self._stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
-        if timeout is not None and not read.done() and not self._stopped.done():
-            read.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await read
-            raise TimeoutError
-        if not read.done():
-            read.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await read
+        if read.done():
+            return read.result()
+        read.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await read
+        if self._stopped.done():
             return None
-        return read.result()
+        raise TimeoutError  # the authentication deadline passed
 
     # -- main loop -------------------------------------------------------------------------------
 
