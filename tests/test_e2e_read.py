@@ -141,6 +141,8 @@ async def test_every_error_kind_in_input_order(
     write(tmp_path / "ws-evil" / "x.txt", "evil")
     (workspace / "escape").symlink_to(outside)
     (workspace / "inner-link").symlink_to("ascii.txt")
+    (workspace / "loop-a").symlink_to("loop-b")
+    (workspace / "loop-b").symlink_to("loop-a")
     client = await start_server(transport, "--root", str(workspace))
     ws = str(workspace)
     items: list[Any] = [
@@ -164,6 +166,7 @@ async def test_every_error_kind_in_input_order(
         "not an object",
         {"filePath": str(files["ascii"]), "startByte": 6, "extra": {"ignored": True}},
         {"filePath": str(files["ascii"]), "startByte": 3, "endByte": 99},
+        {"filePath": f"{ws}/loop-a"},
     ]
     res = await snippets(client, items)
     assert ok(res[0]) == "hello"
@@ -183,6 +186,7 @@ async def test_every_error_kind_in_input_order(
     err(res[17], "InvalidPath")
     assert ok(res[18]) == "world\n"
     err(res[19], "InvalidRange")
+    assert "symbolic links" in err(res[20], "Io")["message"]
 
 
 async def test_too_large(start_server: Any, transport: str, workspace: Path) -> None:
