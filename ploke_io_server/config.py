@@ -139,9 +139,9 @@ class Config:
     max_batch_items: int = DEFAULT_MAX_BATCH_ITEMS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     auth_timeout_s: float = DEFAULT_AUTH_TIMEOUT_S
+    """Time a TCP client has, from connecting, to send a valid initialize (token auth)."""
     json_cache_bytes: int = DEFAULT_JSON_CACHE_BYTES
     """Budget of the memo of whole-file texts in JSON form, keyed by content hash (0: off)."""
-    """Time a TCP client has, from connecting, to send a valid initialize (token auth)."""
     roots_from_cli: bool = True
     """False when the roots are the current-directory default, which a client may replace."""
     symlink_policy_from_cli: bool = False

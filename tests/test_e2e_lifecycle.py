@@ -282,6 +282,9 @@ async def check_bad_frames(raw: Raw, workspace: Path) -> None:
         reply = await raw.recv()
         assert reply is not None, frame
         assert error_code(reply) == code, (frame, reply)
+    # A notification is never answered, even a malformed one.
+    raw.send({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": [1]}})
+    raw.send({"jsonrpc": "2.0", "method": "ploke/noSuchNotification", "params": 3})
     unknown = await raw.request(5, "ploke/noSuchMethod", {})
     assert error_code(unknown) == -32601
     status = await raw.request(6, methods.STATUS)
@@ -376,12 +379,22 @@ async def test_tcp_unauthenticated_clients_are_limited(workspace: Path, tmp_path
         reply = await chatty.recv()
         assert reply is not None and error_code(reply) == -32600
         assert "before authentication" in reply["error"]["message"]
-        # Neither gets longer than --auth-timeout, however it keeps sending.
-        for _ in range(4):
-            chatty.send({"jsonrpc": "2.0", "method": "initialized"})
-            await asyncio.sleep(0.5)
+        # Neither gets longer than --auth-timeout, however fast it keeps sending.
         assert await idle.recv(timeout=10) is None
-        assert await chatty.recv(timeout=10) is None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10
+        replies = 0
+        while loop.time() < end:
+            chatty.send({"jsonrpc": "2.0", "id": replies, "method": methods.STATUS})
+            try:
+                reply = await chatty.recv(timeout=1)
+            except (TimeoutError, ConnectionError):
+                break
+            if reply is None:
+                break
+            assert error_code(reply) == -32002
+            replies += 1
+        assert loop.time() < end, "the chatty client was never disconnected"
         good = await server.connect()
         assert (await call(good, methods.STATUS))["roots"] == [str(workspace)]
     finally:

@@ -127,10 +127,12 @@ class Connection:
 
         A TCP client that has not authenticated within ``--auth-timeout`` is disconnected.
         """
-        read = asyncio.ensure_future(self._read_frame())
         timeout = None
         if self._preauth():
-            timeout = max(0.0, self._auth_deadline - asyncio.get_running_loop().time())
+            timeout = self._auth_deadline - asyncio.get_running_loop().time()
+            if timeout <= 0:  # even a client that never stops sending
+                raise TimeoutError
+        read = asyncio.ensure_future(self._read_frame())
         await asyncio.wait(
             (read, self._stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
@@ -311,6 +313,9 @@ class Connection:
                 if message is None:
                     return
         except ParamsError as exc:
+            if msg_id is None:  # a notification: never answered, whatever is wrong with it
+                log.warning("%s: dropping notification %s: %s", self.name, method, exc)
+                return
             self.send_error(msg_id, INVALID_PARAMS, f"invalid params: {exc}")
             return
         except JsonRpcException as exc:
