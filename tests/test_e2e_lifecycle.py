@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import stat
 import sys
@@ -308,6 +309,58 @@ async def test_malformed_frames_get_errors_and_tcp_goes_on(
     # Another client never noticed.
     other = await tcp_server.connect()
     assert (await call(other, methods.STATUS))["roots"] == [str(workspace)]
+
+
+def random_json(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(8 if depth < 3 else 5)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False])
+    if kind == 2:
+        return rng.choice([0, -1, 2**63, 3.5, 1e308])
+    if kind == 3:
+        return rng.choice(["", "x", "/etc/passwd", "\u0000", "🦀" * 3, "a" * 300])
+    if kind == 4:
+        return rng.choice([[], {}])
+    if kind == 5:
+        return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = ["id", "token", "filePath", "snippets", "paths", "value", "workDoneToken", "startByte"]
+    return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+async def test_random_garbage_messages_never_take_the_server_down(workspace: Path) -> None:
+    """Every method the server knows, with random params and ids; it answers each request
+    (never a notification) and is still fine at the end."""
+    f = write(workspace / "f.txt", "still here")
+    rng = random.Random(1234)
+    method_names = [
+        "$/cancelRequest", "$/progress", "$/setTrace", "window/workDoneProgress/cancel",
+        "initialized", "workspace/didChangeWorkspaceFolders", "textDocument/didOpen",
+        methods.GET_SNIPPETS, methods.HASH_FILES, methods.STATUS, "ploke/unknown",
+    ]  # fmt: skip
+    raw = await Raw.stdio("--root", str(workspace))
+    await raw.initialize()
+    expected = 0
+    for n in range(400):
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "method": rng.choice(method_names)}
+        if rng.random() < 0.8:
+            msg["params"] = random_json(rng)
+        if rng.random() < 0.5:
+            msg["id"] = f"r{n}"
+            expected += 1
+        elif rng.random() < 0.2:
+            msg["id"] = random_json(rng)  # often not a valid id: answered -32600 with id null
+            expected += 1
+        raw.send(msg)
+    got = 0
+    while got < expected:
+        reply = await raw.recv(timeout=30)
+        assert reply is not None, f"server closed after {got} of {expected} answers"
+        if "method" not in reply:
+            got += 1
+    reply = await raw.request("last", methods.GET_SNIPPETS, {"snippets": [{"filePath": str(f)}]})
+    assert reply["result"]["results"][0]["text"] == "still here"
 
 
 async def test_oversized_message_is_skipped(workspace: Path) -> None:

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
+INTERNAL_ERROR = -32603
 INVALID_PARAMS = -32602
 SERVER_NOT_INITIALIZED = -32002
 
@@ -170,7 +171,11 @@ class Connection:
                     break
                 if body is None:  # EOF, or the server is stopping
                     break
-                exit_code = self._handle_body(body)
+                try:
+                    exit_code = self._handle_body(body)
+                except Exception:  # a bug of ours must not take the connection down
+                    log.exception("%s: error while handling a message", self.name)
+                    continue
                 if exit_code is not None:
                     break
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -261,10 +266,11 @@ class Connection:
             )
             return None
         msg_id = data.get("id")
-        has_id = "id" in data and (isinstance(msg_id, int | str) and not isinstance(msg_id, bool))
-        if "id" in data and not has_id and msg_id is not None:
-            self.send_error(None, INVALID_REQUEST, "id must be an integer or a string")
-            return None
+        has_id = "id" in data
+        if has_id and (not isinstance(msg_id, int | str) or isinstance(msg_id, bool)):
+            if "method" in data:  # a request whose id cannot be echoed back
+                self.send_error(None, INVALID_REQUEST, "id must be an integer or a string")
+            return None  # else a response with an unusable id: nothing to match it to
         method = data.get("method")
         if data.get("jsonrpc") != "2.0":
             self.send_error(msg_id if has_id else None, INVALID_REQUEST, 'jsonrpc must be "2.0"')
@@ -294,7 +300,7 @@ class Connection:
             if has_id:
                 self.send_error(msg_id, INVALID_REQUEST, "already initialized")
             return None
-        if method == lsp.SHUTDOWN:
+        if method == lsp.SHUTDOWN and has_id:
             self.state = State.SHUTDOWN
         if method in PLOKE_REQUESTS and not has_id:
             log.warning("%s: ignoring %s sent as a notification", self.name, method)
@@ -321,7 +327,16 @@ class Connection:
         except JsonRpcException as exc:
             self.send_error(msg_id, exc.code, exc.message or "invalid message")
             return
-        self.protocol.handle_message(message)
+        self._dispatch(message, msg_id)
+
+    def _dispatch(self, message: Any, msg_id: Any) -> None:
+        """Hand a typed message to pygls; whatever goes wrong in there, this client stays."""
+        try:
+            self.protocol.handle_message(message)
+        except Exception:
+            log.exception("%s: error while dispatching %s", self.name, type(message).__name__)
+            if msg_id is not None:
+                self.send_error(msg_id, INTERNAL_ERROR, "internal error while dispatching")
 
     def _structure(self, data: dict[str, Any], method: str, msg_id: Any) -> Any:
         entry = REQUEST_TYPES.get(method)
@@ -339,6 +354,9 @@ class Connection:
         if message_type is None:
             if msg_id is not None:
                 self.send_error(msg_id, METHOD_NOT_FOUND, f"method not found: {method}")
+            return None
+        if msg_id is not None and "id" not in attrs.fields_dict(message_type):
+            self.send_error(msg_id, METHOD_NOT_FOUND, f"{method} is a notification, not a request")
             return None
         try:
             return self.protocol.ploke_converter.structure(data, message_type)
@@ -381,7 +399,7 @@ class Connection:
             self.server.window_log_message(
                 lsp.LogMessageParams(type=lsp.MessageType.Warning, message=text)
             )
-        self.protocol.handle_message(message)
+        self._dispatch(message, msg_id)
 
     def _session_for(self, params: lsp.InitializeParams, opts: Any) -> tuple[Session, list[str]]:
         warnings: list[str] = []
