@@ -19,6 +19,7 @@ as the client spelled them, never a resolved path.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -35,6 +36,7 @@ from .errors import ErrorKind, PlokeIoError, from_os_error
 
 __all__ = [
     "MAX_SYMLINK_HOPS",
+    "Located",
     "OpenedFile",
     "PathPolicy",
     "Resolver",
@@ -153,6 +155,17 @@ class PathPolicy:
 
 
 @attrs.define(slots=True)
+class Located:
+    """Where a file is (or is to be): its directory's descriptor, owned by the caller, and
+    its name there. ``st`` is the file's lstat, None if it does not exist."""
+
+    dir_fd: int
+    name: str
+    shown: str
+    st: os.stat_result | None
+
+
+@attrs.define(slots=True)
 class OpenedFile:
     """A regular file opened for reading; the caller closes ``fd``."""
 
@@ -199,6 +212,43 @@ class Resolver:
     def open_read(self, path: str) -> OpenedFile:
         """Open a regular file for reading (O_NOFOLLOW, non-blocking for FIFOs)."""
         return self.walk(path, _open_regular)
+
+    def locate(self, path: str, *, follow_last: bool = True) -> Located:
+        """Resolve ``path`` to its directory (a descriptor the caller closes) and name.
+
+        The last component may be missing (a file to create). If present it must be a regular
+        file; a symlink there is followed under the policy, or, with ``follow_last=False``,
+        reported as it is (``st`` is its lstat: a create must not go through it).
+        """
+        return self.walk(path, _locate if follow_last else _locate_nofollow)
+
+    def directory(self, path: str, *, create: bool = False) -> int:
+        """A descriptor (the caller closes it) of the directory ``path``, made if ``create``
+        and missing (with its missing parents, each made relative to its verified parent)."""
+
+        def final(dir_fd: int, name: str, shown: str) -> int:
+            try:
+                return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if stat.S_ISLNK(st.st_mode):
+                        raise _FollowLink from None
+                    raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a directory") from None
+                if exc.errno == errno.ENOENT and create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, 0o777, dir_fd=dir_fd)
+                    return final(dir_fd, name, shown)
+                raise from_os_error(exc, shown) from None
+
+        try:
+            return self.walk(path, final)
+        except PlokeIoError as err:
+            parent = os.path.dirname(path.rstrip("/"))
+            if not create or err.kind is not ErrorKind.NotFound or parent == path:
+                raise
+        os.close(self.directory(parent, create=True))
+        return self.walk(path, final)
 
     def shown(self, path: str) -> str:
         """The root-relative spelling of ``path`` used in messages."""
@@ -419,6 +469,29 @@ def _open_root(real: str, shown: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _locate(dir_fd: int, name: str, shown: str) -> Located:
+    try:
+        st: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise from_os_error(exc, shown) from None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise _FollowLink
+        if not stat.S_ISREG(st.st_mode):
+            raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file")
+    return Located(os.dup(dir_fd), name, shown, st)
+
+
+def _locate_nofollow(dir_fd: int, name: str, shown: str) -> Located:
+    try:
+        return _locate(dir_fd, name, shown)
+    except _FollowLink:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return Located(os.dup(dir_fd), name, shown, st)
 
 
 def _open_regular(dir_fd: int, name: str, shown: str) -> OpenedFile:

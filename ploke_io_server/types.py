@@ -9,8 +9,12 @@ import attrs
 from .errors import PlokeIoError
 
 __all__ = [
+    "Created",
+    "Edit",
+    "EditResult",
     "FileHash",
     "HashResult",
+    "NewFile",
     "ProgressFn",
     "Snippet",
     "SnippetRequest",
@@ -63,6 +67,45 @@ class Snippet:
 class FileHash:
     file_hash: str
     size: int
+
+
+@attrs.define(slots=True)
+class Edit:
+    """Replace bytes ``start_byte..end_byte`` of a file whose hash is ``expected_hash``."""
+
+    file_path: str
+    expected_hash: str
+    start_byte: int
+    end_byte: int
+    replacement: str
+
+
+@attrs.define(slots=True)
+class EditResult:
+    """A committed (or, with dryRun, computed) edit: where its replacement now lies."""
+
+    file_path: str
+    old_hash: str
+    new_hash: str
+    new_start_byte: int
+    new_end_byte: int
+    diff: str | None = None
+
+
+@attrs.define(slots=True)
+class NewFile:
+    """A file to create with ``content``."""
+
+    file_path: str
+    content: str
+    create_parents: bool = False
+    overwrite: bool = False
+
+
+@attrs.define(slots=True)
+class Created:
+    file_path: str
+    file_hash: str
 
 
 SnippetResult = Snippet | PlokeIoError

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,14 +20,27 @@ from typing import Any, TypeVar
 import attrs
 
 from ..config import Config
-from ..errors import PlokeIoError
-from ..paths import PathPolicy, Resolver
-from ..types import HashResult, ProgressFn, SnippetRequest, SnippetResult
-from . import read
+from ..errors import ErrorKind, PlokeIoError
+from ..paths import Located, PathPolicy, Resolver
+from ..types import (
+    Created,
+    Edit,
+    EditResult,
+    HashResult,
+    NewFile,
+    ProgressFn,
+    SnippetRequest,
+    SnippetResult,
+)
+from . import read, write
 
 __all__ = ["BATCH_PARALLELISM", "Counters", "IoManager"]
 
 log = logging.getLogger(__name__)
+
+WRITE_PARALLELISM = 16
+"""Worker threads one write batch uses: commits wait on fsync (the GIL is free meanwhile), so
+files of a batch are written in parallel to overlap their fsyncs."""
 
 BATCH_PARALLELISM = 1
 """Worker threads one batch uses. Files in the page cache are CPU work under the GIL, where
@@ -45,6 +59,10 @@ class Counters:
     errors: collections.Counter[str] = attrs.field(factory=collections.Counter)
     files_read: int = 0
     bytes_read: int = 0
+    files_written: int = 0
+    bytes_written: int = 0
+    files_created: int = 0
+    temps_removed: int = 0
     cancelled: int = 0
 
     def snapshot(self) -> dict[str, Any]:
@@ -53,6 +71,10 @@ class Counters:
             "errors": dict(self.errors),
             "filesRead": self.files_read,
             "bytesRead": self.bytes_read,
+            "filesWritten": self.files_written,
+            "bytesWritten": self.bytes_written,
+            "filesCreated": self.files_created,
+            "tempsRemoved": self.temps_removed,
             "cancelled": self.cancelled,
         }
 
@@ -65,6 +87,11 @@ class IoManager:
         self.policy = PathPolicy.of(config.roots, config.symlink_policy)
         self.counters = Counters()
         self.utf8 = read.Utf8Index()
+        self.locks = write.FileLocks()
+        self.origins: collections.OrderedDict[tuple[int, int, str], str] = collections.OrderedDict()
+        """The origin of the last write to each directory entry (for the watcher)."""
+        self._origins_lock = threading.Lock()
+        self._cleanup: asyncio.Future[int] | None = None
         self._executor = ThreadPoolExecutor(
             max_workers=config.fd_limit, thread_name_prefix="ploke-io"
         )
@@ -126,6 +153,180 @@ class IoManager:
         await self._run(policy, list(groups.items()), work, progress)
         return self._finish(results)
 
+    async def write_snippets(
+        self,
+        edits: Sequence[Edit | PlokeIoError],
+        *,
+        origin: str | None = None,
+        atomic: bool = False,
+        dry_run: bool = False,
+        policy: PathPolicy | None = None,
+    ) -> list[EditResult | PlokeIoError]:
+        """Apply edits, grouped by file, each file committed once (see engine/write.py).
+
+        Results are per edit, in input order. With ``atomic``, every precondition of every
+        file is checked and every temp file written before any file is replaced; if one
+        fails, no file changes. Cancelling works only until the first file is committed.
+        """
+        results: list[EditResult | PlokeIoError | None] = [None] * len(edits)
+        groups: dict[str, list[tuple[int, Edit]]] = {}
+        for i, e in enumerate(edits):
+            if isinstance(e, PlokeIoError):
+                results[i] = e
+            else:
+                groups.setdefault(e.file_path, []).append((i, e))
+        jobs: list[tuple[str, list[tuple[int, Edit]]]] = []
+        for path, group in groups.items():
+            err = write.validate_group(group)
+            if err is None:
+                jobs.append((path, group))
+            else:
+                for i, _e in group:
+                    results[i] = err
+        max_bytes = self.config.max_file_bytes
+        gate = _CommitGate()
+
+        def one_file(resolver: Resolver, job: tuple[str, list[tuple[int, Edit]]]) -> None:
+            path, group = job
+            try:
+                located = resolver.locate(path)
+                try:
+                    if located.st is None:
+                        raise PlokeIoError(ErrorKind.NotFound, f"{located.shown}: no such file")
+                    with self.locks.hold([write.lock_key(located)]):
+                        prepared = write.prepare_edits(located, group, max_bytes, dry_run=dry_run)
+                        if not dry_run:
+                            if not gate.may_commit():
+                                write.discard(prepared)
+                                return
+                            write.commit(prepared)
+                            self._note_write(located, origin)
+                finally:
+                    os.close(located.dir_fd)
+            except PlokeIoError as err:
+                for i, _e in group:
+                    results[i] = err
+                return
+            for i, r in prepared.results:
+                results[i] = r
+
+        if atomic and not dry_run and any(r is not None for r in results):
+            _abort(results, edits)
+        elif atomic and not dry_run:
+            await self._run(
+                policy, [jobs], self._atomic_worker(results, max_bytes, origin, gate), None,
+                cancel_ok=gate.cancel,
+            )  # fmt: skip
+        else:
+            await self._run(
+                policy, jobs, one_file, None, parallelism=WRITE_PARALLELISM,
+                cancel_ok=gate.cancel if not dry_run else None,
+            )  # fmt: skip
+        return self._finish(results)
+
+    def _atomic_worker(
+        self,
+        results: list[EditResult | PlokeIoError | None],
+        max_bytes: int,
+        origin: str | None,
+        gate: _CommitGate,
+    ) -> Callable[[Resolver, list[tuple[str, list[tuple[int, Edit]]]]], None]:
+        def run(resolver: Resolver, jobs: list[tuple[str, list[tuple[int, Edit]]]]) -> None:
+            located: list[tuple[Located, list[tuple[int, Edit]]]] = []
+            failed = False
+            try:
+                for path, group in jobs:
+                    try:
+                        loc = resolver.locate(path)
+                    except PlokeIoError as err:
+                        failed = _fail(results, group, err)
+                        continue
+                    located.append((loc, group))
+                    if loc.st is None:
+                        missing = PlokeIoError(ErrorKind.NotFound, f"{loc.shown}: no such file")
+                        failed = _fail(results, group, missing)
+                if failed:
+                    _abort(results, [e for _l, g in located for _i, e in g])
+                    return
+                keys = [write.lock_key(loc) for loc, _g in located]
+                with self.locks.hold(keys):
+                    prepared: list[write.PreparedFile] = []
+                    for loc, group in located:
+                        try:
+                            prepared.append(
+                                write.prepare_edits(loc, group, max_bytes, dry_run=False)
+                            )
+                        except PlokeIoError as err:
+                            failed = _fail(results, group, err)
+                    if failed or not gate.may_commit():
+                        for p in prepared:
+                            write.discard(p)
+                        _abort(results, [e for _l, g in located for _i, e in g])
+                        return
+                    # The window: every file is checked and its temp file is durable; only
+                    # renames remain, one directory fsync after each.
+                    for n, p in enumerate(prepared):
+                        try:
+                            write.commit(p)
+                        except PlokeIoError as err:
+                            for i, _r in p.results:
+                                results[i] = err
+                            for rest in prepared[n + 1 :]:
+                                write.discard(rest)
+                            _abort(results, [e for _l, g in located for _i, e in g])
+                            return
+                        self._note_write(p.located, origin)
+                        for i, r in p.results:
+                            results[i] = r
+            finally:
+                for loc, _g in located:
+                    os.close(loc.dir_fd)
+
+        return run
+
+    async def create_files(
+        self,
+        files: Sequence[NewFile | PlokeIoError],
+        *,
+        origin: str | None = None,
+        policy: PathPolicy | None = None,
+    ) -> list[Created | PlokeIoError]:
+        """Create files race-free (AlreadyExists unless ``overwrite``), durably."""
+        results: list[Created | PlokeIoError | None] = [None] * len(files)
+        jobs: list[tuple[int, NewFile]] = []
+        for i, f in enumerate(files):
+            if isinstance(f, PlokeIoError):
+                results[i] = f
+            else:
+                jobs.append((i, f))
+        max_bytes = self.config.max_file_bytes
+
+        def one(resolver: Resolver, job: tuple[int, NewFile]) -> None:
+            i, new = job
+            try:
+                results[i] = write.create_file(resolver, new, self.locks, max_bytes)
+            except PlokeIoError as err:
+                results[i] = err
+                return
+            with _COUNTER_LOCK:
+                self.counters.files_created += 1
+                self.counters.bytes_written += len(new.content.encode())
+
+        await self._run(policy, jobs, one, None, parallelism=WRITE_PARALLELISM)
+        return self._finish(results)
+
+    def _note_write(self, located: Located, origin: str | None) -> None:
+        with _COUNTER_LOCK:
+            self.counters.files_written += 1
+        if origin is None:
+            return
+        key = write.lock_key(located)
+        with self._origins_lock:
+            self.origins[key] = origin
+            self.origins.move_to_end(key)
+            while len(self.origins) > 10_000:
+                self.origins.popitem(last=False)
+
     def status(self, policy: PathPolicy | None = None) -> dict[str, Any]:
         policy = policy or self.policy
         return {
@@ -135,6 +336,30 @@ class IoManager:
             "maxFileBytes": self.config.max_file_bytes,
             "counters": self.counters.snapshot(),
         }
+
+    async def start(self) -> None:
+        """Start background work: removing temp files a crashed process left in the roots."""
+        if self._cleanup is None:
+            loop = asyncio.get_running_loop()
+            self._cleanup = loop.run_in_executor(
+                self._executor, write.remove_stale_temps, list(self.config.roots)
+            )
+            self._cleanup.add_done_callback(self._cleanup_done)
+
+    def _cleanup_done(self, fut: asyncio.Future[int]) -> None:
+        if fut.cancelled():
+            return
+        if fut.exception() is not None:
+            log.warning("temp file clean-up failed: %s", fut.exception())
+            return
+        self.counters.temps_removed += fut.result()
+        if fut.result():
+            log.info("removed %d temp files left by a crashed process", fut.result())
+
+    async def wait_started(self) -> None:
+        """Wait for the start-up clean-up (tests, tools)."""
+        if self._cleanup is not None:
+            await asyncio.shield(self._cleanup)
 
     async def aclose(self) -> None:
         """Stop the executor after the work in flight has finished."""
@@ -172,11 +397,16 @@ class IoManager:
         jobs: list[_J],
         work: Callable[[Resolver, _J], None],
         progress: ProgressFn | None,
+        *,
+        parallelism: int = BATCH_PARALLELISM,
+        cancel_ok: Callable[[], bool] | None = None,
     ) -> None:
-        """Run ``work`` over ``jobs`` on BATCH_PARALLELISM executor threads sharing a Resolver.
+        """Run ``work`` over ``jobs`` on ``parallelism`` executor threads sharing a Resolver.
 
-        Cancelling the awaiting task stops the workers between files; the Resolver (and its
-        directory descriptors) is closed only after every worker has returned.
+        Cancelling the awaiting task stops the workers between files, unless ``cancel_ok``
+        says no (a write batch that has committed a file): then the batch runs to its end and
+        the cancellation is dropped. The Resolver (and its directory descriptors) is closed
+        only after every worker has returned.
         """
         if not jobs:
             return
@@ -209,14 +439,23 @@ class IoManager:
                     if n % step == 0 or n == total:
                         loop.call_soon_threadsafe(report, n)
 
-        nworkers = min(self.config.fd_limit, BATCH_PARALLELISM, total)
+        nworkers = min(self.config.fd_limit, parallelism, total)
         futures = [loop.run_in_executor(self._executor, worker) for _ in range(nworkers)]
         try:
-            await asyncio.gather(*futures)
-        except asyncio.CancelledError:
-            with _COUNTER_LOCK:
-                self.counters.cancelled += 1
-            raise
+            while True:
+                try:
+                    await asyncio.shield(asyncio.gather(*futures))
+                    break
+                except asyncio.CancelledError:
+                    if cancel_ok is not None and not cancel_ok():
+                        task = asyncio.current_task()
+                        if task is not None:
+                            task.uncancel()
+                        continue  # too late: a file is committed; finish the batch
+                    stop.set()
+                    with _COUNTER_LOCK:
+                        self.counters.cancelled += 1
+                    raise
         finally:
             stop.set()
             # Never close descriptors a worker may still use: close when the last one returns,
@@ -227,3 +466,44 @@ class IoManager:
 
 
 _COUNTER_LOCK = threading.Lock()
+
+
+class _CommitGate:
+    """Decides, race-free, between a write's first commit and a cancellation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._commits = 0
+        self._cancelled = False
+
+    def may_commit(self) -> bool:
+        with self._lock:
+            if self._cancelled:
+                return False
+            self._commits += 1
+            return True
+
+    def cancel(self) -> bool:
+        """True if the batch may still be cancelled (nothing committed); it then is."""
+        with self._lock:
+            if self._commits:
+                return False
+            self._cancelled = True
+            return True
+
+
+def _fail(results: list[Any], group: Sequence[tuple[int, Edit]], err: PlokeIoError) -> bool:
+    for i, _e in group:
+        results[i] = err
+    return True
+
+
+def _abort(results: list[Any], edits: Sequence[object]) -> None:
+    """Atomic batch failed: every edit without an error of its own gets batchAborted."""
+    for i, r in enumerate(results):
+        if r is None or isinstance(r, EditResult):
+            results[i] = PlokeIoError(
+                ErrorKind.Io,
+                "another edit of this atomic batch failed; nothing was changed",
+                {"reason": "batchAborted"},
+            )

@@ -1,0 +1,430 @@
+"""Blocking write work, run on the engine's executor: edits and file creation, committed safely.
+
+Per file, under a lock keyed by the directory entry (the directory's device and inode, and the
+name), shared by every client of the process::
+
+    read -> verify expectedHash -> check UTF-8 and ranges -> splice
+    -> temp file in the same directory (O_CREAT|O_EXCL|O_NOFOLLOW, 0600, recognisable name)
+    -> write -> fsync -> restore the original mode -> rename over the target (same dir fd)
+    -> fsync the directory
+
+A failed fsync is a failed write and is never retried. Every name is opened relative to the
+directory descriptor the path policy resolved, so a directory swapped for a symlink after the
+check cannot redirect the temp file or the rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import errno
+import itertools
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Iterator, Sequence
+
+import attrs
+
+from ..errors import ErrorKind, PlokeIoError, from_os_error
+from ..hashing import hash_bytes
+from ..paths import Located, Resolver
+from ..types import Created, Edit, EditResult, NewFile
+
+__all__ = [
+    "TEMP_MARK",
+    "FileLocks",
+    "PreparedFile",
+    "commit",
+    "create_file",
+    "discard",
+    "is_temp_name",
+    "prepare_edits",
+    "remove_stale_temps",
+    "validate_group",
+]
+
+TEMP_MARK = ".ploke-tmp."
+"""Temp files are named ``.<name>.ploke-tmp.<pid>.<random>``: recognisable at start-up."""
+
+_NAME_MAX = 255
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARK in name
+
+
+def _temp_name(name: str) -> str:
+    suffix = f"{TEMP_MARK}{os.getpid()}.{secrets.token_hex(4)}"
+    return "." + name[: _NAME_MAX - len(suffix) - 1] + suffix
+
+
+class _LockEntry:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+
+
+class FileLocks:
+    """One lock per directory entry, shared by every operation of the engine."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[int, int, str], _LockEntry] = {}
+
+    @contextlib.contextmanager
+    def hold(self, keys: Sequence[tuple[int, int, str]]) -> Iterator[None]:
+        """Hold the locks of ``keys`` (taken in sorted order: no deadlock between batches)."""
+        ordered = sorted(set(keys))
+        entries: list[_LockEntry] = []
+        with self._guard:
+            for key in ordered:
+                entry = self._locks.get(key)
+                if entry is None:
+                    entry = self._locks[key] = _LockEntry()
+                entry.users += 1
+                entries.append(entry)
+        taken: list[_LockEntry] = []
+        try:
+            for entry in entries:
+                entry.lock.acquire()
+                taken.append(entry)
+            yield
+        finally:
+            for entry in reversed(taken):
+                entry.lock.release()
+            with self._guard:
+                for key, entry in zip(ordered, entries, strict=True):
+                    entry.users -= 1
+                    if entry.users == 0:
+                        del self._locks[key]
+
+
+def lock_key(located: Located) -> tuple[int, int, str]:
+    st = os.fstat(located.dir_fd)
+    return (st.st_dev, st.st_ino, located.name)
+
+
+@attrs.define
+class PreparedFile:
+    """One file's edits, verified and written to a temp file, ready to be renamed in place."""
+
+    located: Located
+    old_hash: str
+    new_hash: str
+    results: list[tuple[int, EditResult]]
+    temp: str | None = None
+    mode: int = 0o644
+
+
+def validate_group(edits: Sequence[tuple[int, Edit]]) -> PlokeIoError | None:
+    """Edits of one file must agree on expectedHash and must not overlap (else InvalidRange)."""
+    hashes = {e.expected_hash.lower() for _i, e in edits}
+    if len(hashes) > 1:
+        return PlokeIoError(
+            ErrorKind.InvalidRange,
+            "edits of one file disagree on expectedHash; the file was not changed",
+        )
+    spans = sorted((e.start_byte, e.end_byte) for _i, e in edits)
+    for (s1, e1), (s2, e2) in itertools.pairwise(spans):
+        if s2 < e1 or (s1 == s2 and (s1 == e1 or s2 == e2)):
+            return PlokeIoError(
+                ErrorKind.InvalidRange,
+                f"edits {s1}..{e1} and {s2}..{e2} of one file overlap; the file was not changed",
+            )
+    for _i, e in edits:
+        if e.start_byte > e.end_byte:
+            return PlokeIoError(
+                ErrorKind.InvalidRange,
+                f"range {e.start_byte}..{e.end_byte}: start is after end",
+            )
+    return None
+
+
+def _read_locked(located: Located, max_bytes: int) -> tuple[bytes, os.stat_result]:
+    shown = located.shown
+    try:
+        fd = os.open(located.name, _READ_FLAGS, dir_fd=located.dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PlokeIoError(
+                ErrorKind.Io, f"{shown}: replaced by a symlink during the write; retry"
+            ) from None
+        raise from_os_error(exc, shown) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file")
+        if st.st_size > max_bytes:
+            raise PlokeIoError(
+                ErrorKind.TooLarge,
+                f"{shown}: {st.st_size} bytes exceeds the limit of {max_bytes} bytes",
+                {"size": st.st_size, "limit": max_bytes},
+            )
+        parts = []
+        while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):
+            parts.append(chunk)
+        return b"".join(parts), st
+    except OSError as exc:
+        raise from_os_error(exc, shown) from None
+    finally:
+        os.close(fd)
+
+
+def prepare_edits(
+    located: Located,
+    edits: Sequence[tuple[int, Edit]],
+    max_bytes: int,
+    *,
+    dry_run: bool,
+) -> PreparedFile:
+    """Verify and splice one file's edits (its lock held); write the temp file unless dry_run."""
+    shown = located.shown
+    data, st = _read_locked(located, max_bytes)
+    old_hash = hash_bytes(data)
+    want = edits[0][1].expected_hash
+    if want.lower() != old_hash:
+        raise PlokeIoError(
+            ErrorKind.ContentMismatch,
+            f"{shown}: content changed (hash mismatch); the file was not changed",
+            {"expected": want, "actual": old_hash},
+        )
+    try:
+        old_text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlokeIoError(
+            ErrorKind.NotUtf8, f"{shown}: not valid UTF-8 (at byte {exc.start})"
+        ) from None
+    size = len(data)
+    for _i, e in edits:
+        for off in (e.start_byte, e.end_byte):
+            if off > size:
+                raise PlokeIoError(
+                    ErrorKind.InvalidRange,
+                    f"{shown}: range {e.start_byte}..{e.end_byte} is not within 0..{size}",
+                    {"startByte": e.start_byte, "endByte": e.end_byte, "size": size},
+                )
+            if off < size and data[off] & 0xC0 == 0x80:
+                raise PlokeIoError(
+                    ErrorKind.InvalidRange,
+                    f"{shown}: range {e.start_byte}..{e.end_byte} is not on UTF-8 "
+                    "character boundaries",
+                    {"startByte": e.start_byte, "endByte": e.end_byte, "size": size},
+                )
+    # Splice in offset order; each replacement's new range shifts by what came before it.
+    parts: list[bytes] = []
+    pos = 0
+    shift = 0
+    placed: dict[int, tuple[int, int]] = {}
+    for i, e in sorted(edits, key=lambda item: (item[1].start_byte, item[1].end_byte)):
+        repl = e.replacement.encode("utf-8")
+        parts.append(data[pos : e.start_byte])
+        parts.append(repl)
+        pos = e.end_byte
+        new_start = e.start_byte + shift
+        placed[i] = (new_start, new_start + len(repl))
+        shift += len(repl) - (e.end_byte - e.start_byte)
+    parts.append(data[pos:])
+    new_data = b"".join(parts)
+    new_hash = hash_bytes(new_data)
+    diff = None
+    if dry_run:
+        diff = "".join(
+            difflib.unified_diff(
+                old_text.splitlines(keepends=True),
+                new_data.decode("utf-8").splitlines(keepends=True),
+                fromfile=f"a/{shown}",
+                tofile=f"b/{shown}",
+            )
+        )
+    results = [
+        (
+            i,
+            EditResult(
+                file_path=e.file_path,
+                old_hash=old_hash,
+                new_hash=new_hash,
+                new_start_byte=placed[i][0],
+                new_end_byte=placed[i][1],
+                diff=diff,
+            ),
+        )
+        for i, e in edits
+    ]
+    prepared = PreparedFile(located, old_hash, new_hash, results, mode=stat.S_IMODE(st.st_mode))
+    if not dry_run:
+        prepared.temp = _write_temp(located, new_data, prepared.mode, st)
+    return prepared
+
+
+def _write_temp(located: Located, data: bytes, mode: int, st: os.stat_result | None) -> str:
+    """Write ``data`` to a new temp file beside the target, fsync it, set its mode."""
+    shown = located.shown
+    temp = _temp_name(located.name)
+    try:
+        fd = os.open(temp, _WRITE_FLAGS, 0o600, dir_fd=located.dir_fd)
+    except OSError as exc:
+        raise from_os_error(exc, shown) from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)  # a failure here fails the write: never retried (fsyncgate)
+        os.fchmod(fd, mode)
+        if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, st.st_uid, st.st_gid)
+    except OSError as exc:
+        os.close(fd)
+        _unlink_quietly(located, temp)
+        raise from_os_error(exc, shown) from None
+    os.close(fd)
+    return temp
+
+
+def commit(prepared: PreparedFile) -> None:
+    """Rename the temp file over the target, then fsync the directory."""
+    located = prepared.located
+    assert prepared.temp is not None
+    try:
+        os.replace(
+            prepared.temp, located.name, src_dir_fd=located.dir_fd, dst_dir_fd=located.dir_fd
+        )
+    except OSError as exc:
+        _unlink_quietly(located, prepared.temp)
+        raise from_os_error(exc, located.shown) from None
+    prepared.temp = None
+    fsync_dir(located)
+
+
+def fsync_dir(located: Located) -> None:
+    try:
+        dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=located.dir_fd)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        raise from_os_error(exc, located.shown) from None
+
+
+def discard(prepared: PreparedFile) -> None:
+    """Remove a temp file that will not be committed."""
+    if prepared.temp is not None:
+        _unlink_quietly(prepared.located, prepared.temp)
+        prepared.temp = None
+
+
+def _unlink_quietly(located: Located, name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=located.dir_fd)
+
+
+def create_file(resolver: Resolver, new: NewFile, locks: FileLocks, max_bytes: int) -> Created:
+    """Create one file durably: temp file, fsync, then link (no replace) or rename (overwrite)."""
+    path = new.file_path
+    if new.create_parents:
+        parent = os.path.dirname(path)
+        if parent and parent != path:
+            os.close(resolver.directory(parent, create=True))
+    located = resolver.locate(path, follow_last=False)
+    try:
+        data = new.content.encode("utf-8")
+        if len(data) > max_bytes:
+            raise PlokeIoError(
+                ErrorKind.TooLarge,
+                f"{located.shown}: {len(data)} bytes exceeds the limit of {max_bytes} bytes",
+                {"size": len(data), "limit": max_bytes},
+            )
+        with locks.hold([lock_key(located)]):
+            exists = _exists(located)
+            if exists and not new.overwrite:
+                raise PlokeIoError(ErrorKind.AlreadyExists, f"{located.shown}: already exists")
+            umask = _umask()
+            temp = _write_temp(located, data, 0o666 & ~umask, None)
+            try:
+                if new.overwrite:
+                    os.replace(
+                        temp, located.name, src_dir_fd=located.dir_fd, dst_dir_fd=located.dir_fd
+                    )
+                else:
+                    os.link(
+                        temp,
+                        located.name,
+                        src_dir_fd=located.dir_fd,
+                        dst_dir_fd=located.dir_fd,
+                        follow_symlinks=False,
+                    )
+            except FileExistsError:
+                raise PlokeIoError(
+                    ErrorKind.AlreadyExists, f"{located.shown}: already exists"
+                ) from None
+            except OSError as exc:
+                raise from_os_error(exc, located.shown) from None
+            finally:
+                _unlink_quietly(located, temp)
+            fsync_dir(located)
+        return Created(file_path=path, file_hash=hash_bytes(data))
+    finally:
+        os.close(located.dir_fd)
+
+
+def _exists(located: Located) -> bool:
+    try:
+        os.stat(located.name, dir_fd=located.dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else by a guarded swap."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def remove_stale_temps(roots: Sequence[str]) -> int:
+    """Remove temp files that a crashed process left under ``roots``; returns how many.
+
+    A temp file names the pid that made it: one whose process is gone is removed; one of a
+    live process (this one, or another server on the same tree) is left alone.
+    """
+    removed = 0
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                if not is_temp_name(name):
+                    continue
+                pid_text = name.rsplit(TEMP_MARK, 1)[1].split(".", 1)[0]
+                if pid_text.isdigit() and _alive(int(pid_text)):
+                    continue
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

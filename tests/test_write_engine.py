@@ -1,0 +1,233 @@
+"""Engine tests of writes and file creation on real files (no JSON-RPC)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ploke_io_server import Config, ErrorKind, IoManager, PlokeIoError
+from ploke_io_server.engine.write import TEMP_MARK, is_temp_name
+from ploke_io_server.types import Created, Edit, EditResult, NewFile
+
+from .conftest import b3, write
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[IoManager]:
+    root = tmp_path / "root"
+    root.mkdir()
+    manager = IoManager(Config.from_sources(roots=[str(root)]))
+    yield manager
+    await manager.aclose()
+
+
+def root_of(engine: IoManager) -> Path:
+    return Path(engine.config.roots[0])
+
+
+def temps(root: Path) -> list[str]:
+    return [n for _d, _s, files in os.walk(root) for n in files if is_temp_name(n)]
+
+
+def ok(result: EditResult | PlokeIoError) -> EditResult:
+    assert isinstance(result, EditResult), result
+    return result
+
+
+def failed(result: object, kind: ErrorKind) -> PlokeIoError:
+    assert isinstance(result, PlokeIoError), result
+    assert result.kind is kind, result
+    return result
+
+
+async def test_single_edit_is_committed_with_hashes_and_range(engine: IoManager) -> None:
+    f = write(root_of(engine) / "src" / "a.rs", "fn main() {}\n")
+    f.chmod(0o640)
+    old = b3(f.read_bytes())
+    [r] = await engine.write_snippets([Edit(str(f), old, 3, 7, "start")], origin="agent-1")
+    r = ok(r)
+    assert f.read_text() == "fn start() {}\n"
+    assert (r.old_hash, r.new_hash) == (old, b3(f.read_bytes()))
+    assert f.read_bytes()[r.new_start_byte : r.new_end_byte] == b"start"
+    assert stat.S_IMODE(f.stat().st_mode) == 0o640
+    assert temps(root_of(engine)) == []
+    assert "agent-1" in engine.origins.values()
+
+
+async def test_edits_of_one_file_apply_to_the_same_original(engine: IoManager) -> None:
+    f = write(root_of(engine) / "m.txt", "héllo wörld, ünïcode\r\n")
+    data = f.read_bytes()
+    h = b3(data)
+    w = data.index("wörld".encode())
+    edits = [
+        Edit(str(f), h, w, w + len("wörld".encode()), "мир"),
+        Edit(str(f), h, 0, 1, "J"),
+        Edit(str(f), h, len(data) - 2, len(data) - 2, "!"),  # insertion before CRLF
+    ]
+    results = [ok(r) for r in await engine.write_snippets(edits)]
+    new = f.read_bytes()
+    assert new.decode() == "Jéllo мир, ünïcode!\r\n"
+    assert [new[r.new_start_byte : r.new_end_byte].decode() for r in results] == ["мир", "J", "!"]
+    assert {r.new_hash for r in results} == {b3(new)}
+
+
+async def test_preconditions_leave_the_file_untouched(engine: IoManager) -> None:
+    root = root_of(engine)
+    f = write(root / "f.txt", "abc déf\n")
+    h = b3(f.read_bytes())
+    bad = write(root / "bad.bin", b"\xff\xfeabc")
+    cases = [
+        ([Edit(str(f), "0" * 64, 0, 1, "x")], ErrorKind.ContentMismatch),
+        ([Edit(str(f), h, 5, 6, "x")], ErrorKind.InvalidRange),  # inside é
+        ([Edit(str(f), h, 0, 99, "x")], ErrorKind.InvalidRange),
+        ([Edit(str(f), h, 0, 3, "x"), Edit(str(f), h, 2, 4, "y")], ErrorKind.InvalidRange),
+        ([Edit(str(f), h, 0, 1, "x"), Edit(str(f), "1" * 64, 2, 3, "y")], ErrorKind.InvalidRange),
+        ([Edit(str(f), h, 1, 1, "x"), Edit(str(f), h, 1, 1, "y")], ErrorKind.InvalidRange),
+        ([Edit(str(bad), b3(bad.read_bytes()), 0, 1, "x")], ErrorKind.NotUtf8),
+        ([Edit(str(root / "missing.txt"), h, 0, 0, "x")], ErrorKind.NotFound),
+        ([Edit(str(root.parent / "elsewhere.txt"), h, 0, 0, "x")], ErrorKind.OutsideRoots),
+    ]
+    for edits, kind in cases:
+        results = await engine.write_snippets(edits)
+        for r in results:
+            failed(r, kind)
+        assert f.read_text() == "abc déf\n"
+    mismatch = (await engine.write_snippets([Edit(str(f), "0" * 64, 0, 1, "x")]))[0]
+    assert isinstance(mismatch, PlokeIoError) and mismatch.data == {
+        "expected": "0" * 64,
+        "actual": h,
+    }
+    assert temps(root) == []
+
+
+async def test_atomic_batch_changes_nothing_when_one_file_fails(engine: IoManager) -> None:
+    root = root_of(engine)
+    files = [write(root / f"f{i}.txt", f"file {i}\n") for i in range(5)]
+    edits = [Edit(str(f), b3(f.read_bytes()), 0, 4, "FILE") for f in files]
+    edits[3] = Edit(str(files[3]), "0" * 64, 0, 4, "FILE")
+    results = await engine.write_snippets(edits, atomic=True)
+    failed(results[3], ErrorKind.ContentMismatch)
+    for i in (0, 1, 2, 4):
+        err = failed(results[i], ErrorKind.Io)
+        assert err.data == {"reason": "batchAborted"}
+    assert [f.read_text() for f in files] == [f"file {i}\n" for i in range(5)]
+    assert temps(root) == []
+    edits[3] = Edit(str(files[3]), b3(files[3].read_bytes()), 0, 4, "FILE")
+    assert all(isinstance(r, EditResult) for r in await engine.write_snippets(edits, atomic=True))
+    assert [f.read_text() for f in files] == [f"FILE {i}\n" for i in range(5)]
+
+
+async def test_dry_run_returns_a_diff_and_writes_nothing(engine: IoManager) -> None:
+    f = write(root_of(engine) / "d.py", "a = 1\nb = 2\n")
+    h = b3(f.read_bytes())
+    [r] = await engine.write_snippets([Edit(str(f), h, 4, 5, "10")], dry_run=True)
+    r = ok(r)
+    assert f.read_text() == "a = 1\nb = 2\n"
+    assert r.new_hash == b3(b"a = 10\nb = 2\n")
+    assert r.diff is not None and "-a = 1\n+a = 10\n" in r.diff and "a/d.py" in r.diff
+
+
+async def test_create_files(engine: IoManager, tmp_path: Path) -> None:
+    root = root_of(engine)
+    existing = write(root / "exists.txt", "old")
+    (root / "dangling").symlink_to("nowhere")
+    results = await engine.create_files(
+        [
+            NewFile(str(root / "new.txt"), "new ✓"),
+            NewFile(str(existing), "x"),
+            NewFile(str(root / "dangling"), "x"),
+            NewFile(str(root / "a" / "b" / "c.txt"), "deep", create_parents=True),
+            NewFile(str(root / "x" / "y.txt"), "no parents"),
+            NewFile(str(existing), "replaced", overwrite=True),
+            NewFile(str(tmp_path / "outside.txt"), "x"),
+        ]
+    )
+    assert isinstance(results[0], Created) and results[0].file_hash == b3("new ✓".encode())
+    assert (root / "new.txt").read_text() == "new ✓"
+    mode = stat.S_IMODE((root / "new.txt").stat().st_mode)
+    assert mode == 0o666 & ~_umask()
+    failed(results[1], ErrorKind.AlreadyExists)
+    failed(results[2], ErrorKind.AlreadyExists)
+    assert os.readlink(root / "dangling") == "nowhere" and not (root / "nowhere").exists()
+    assert (root / "a" / "b" / "c.txt").read_text() == "deep"
+    failed(results[4], ErrorKind.NotFound)
+    assert existing.read_text() == "replaced"
+    failed(results[6], ErrorKind.OutsideRoots)
+    assert not (tmp_path / "outside.txt").exists()
+    assert temps(root) == []
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+async def test_concurrent_writes_with_the_same_expected_hash(engine: IoManager) -> None:
+    f = write(root_of(engine) / "race.txt", "0\n")
+    h = b3(f.read_bytes())
+    edits = [[Edit(str(f), h, 0, 1, f"v{i}")] for i in range(200)]
+    outcomes = await asyncio.gather(*(engine.write_snippets(e) for e in edits))
+    winners = [i for i, [r] in enumerate(outcomes) if isinstance(r, EditResult)]
+    assert len(winners) == 1
+    for i, [r] in enumerate(outcomes):
+        if i != winners[0]:
+            failed(r, ErrorKind.ContentMismatch)
+    assert f.read_text() == f"v{winners[0]}\n"
+
+
+async def test_stale_temp_files_are_removed_at_start(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    dead = write(root / "sub" / f".a.txt{TEMP_MARK}999999999.abcd", "torn")
+    mine = write(root / f".b.txt{TEMP_MARK}{os.getpid()}.abcd", "in use")
+    keep = write(root / "normal.ploke-tmp.txt", "not ours")
+    manager = IoManager(Config.from_sources(roots=[str(root)]))
+    await manager.start()
+    await manager.wait_started()
+    assert not dead.exists() and mine.exists() and keep.exists()
+    assert manager.counters.temps_removed == 1
+    await manager.aclose()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_random_edits_equal_a_reference_splice(tmp_path: Path, data: st.DataObject) -> None:
+    text = data.draw(st.text(min_size=0, max_size=200), label="text")
+    raw = text.encode()
+    boundaries = sorted({0, len(raw)} | {len(text[:i].encode()) for i in range(len(text) + 1)})
+    cuts = sorted(data.draw(st.lists(st.sampled_from(boundaries), max_size=8), label="cuts"))
+    spans = [(a, b) for a, b in zip(cuts[::2], cuts[1::2], strict=False)]
+    spans = [s for n, s in enumerate(spans) if n == 0 or s[0] > spans[n - 1][1]]
+    repls = [data.draw(st.text(max_size=10), label="replacement") for _ in spans]
+    order = data.draw(st.permutations(range(len(spans))), label="order")
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    f = write(root / "f.txt", raw)
+    edits = [Edit(str(f), b3(raw), spans[k][0], spans[k][1], repls[k]) for k in order]
+
+    async def run() -> list[EditResult | PlokeIoError]:
+        manager = IoManager(Config.from_sources(roots=[str(root)]))
+        try:
+            return await manager.write_snippets(edits)
+        finally:
+            await manager.aclose()
+
+    results = asyncio.run(run())
+    expected = bytearray(raw)
+    for (a, b), r in sorted(zip(spans, repls, strict=True), reverse=True):
+        expected[a:b] = r.encode()
+    new = f.read_bytes()
+    assert new == bytes(expected)
+    new.decode("utf-8")
+    for k, r in zip(order, results, strict=True):
+        r = ok(r)
+        assert new[r.new_start_byte : r.new_end_byte] == repls[k].encode()
