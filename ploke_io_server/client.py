@@ -172,6 +172,29 @@ class PlokeClient:
         result = await self.request(methods.HASH_FILES, {"paths": list(paths), **extra})
         return list(result["results"])
 
+    async def write_snippets(
+        self,
+        edits: Sequence[Mapping[str, Any]],
+        *,
+        origin: str | None = None,
+        atomic: bool = False,
+        dry_run: bool = False,
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"edits": list(edits), "atomic": atomic, "dryRun": dry_run}
+        if origin is not None:
+            params["origin"] = origin
+        result = await self.request(methods.WRITE_SNIPPETS, params)
+        return list(result["results"])
+
+    async def create_files(
+        self, files: Sequence[Mapping[str, Any]], *, origin: str | None = None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"files": list(files)}
+        if origin is not None:
+            params["origin"] = origin
+        result = await self.request(methods.CREATE_FILES, params)
+        return list(result["results"])
+
     async def status(self) -> dict[str, Any]:
         result = await self.request(methods.STATUS)
         return dict(result)

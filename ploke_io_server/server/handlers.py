@@ -14,6 +14,8 @@ from lsprotocol import types as lsp
 from .. import __version__, methods
 from ..types import ProgressFn
 from .models import (
+    CreateFilesParams,
+    CreateFilesResult,
     GetSnippetsParams,
     GetSnippetsResult,
     HashFilesParams,
@@ -21,6 +23,8 @@ from .models import (
     StatusParams,
     StatusResult,
     WatcherStatus,
+    WriteSnippetsParams,
+    WriteSnippetsResult,
 )
 
 if TYPE_CHECKING:
@@ -77,6 +81,24 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
                 params.paths, policy=conn.session.policy, progress=report
             )
         return HashFilesResult(results)
+
+    @handler(methods.WRITE_SNIPPETS)
+    async def write_snippets(params: WriteSnippetsParams) -> WriteSnippetsResult:
+        results = await engine.write_snippets(
+            params.edits,
+            origin=params.origin,
+            atomic=params.atomic,
+            dry_run=params.dry_run,
+            policy=conn.session.policy,
+        )
+        return WriteSnippetsResult(results)
+
+    @handler(methods.CREATE_FILES)
+    async def create_files(params: CreateFilesParams) -> CreateFilesResult:
+        results = await engine.create_files(
+            params.files, origin=params.origin, policy=conn.session.policy
+        )
+        return CreateFilesResult(results)
 
     @handler(methods.STATUS)
     async def status(params: StatusParams) -> StatusResult:

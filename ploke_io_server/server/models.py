@@ -21,10 +21,13 @@ from lsprotocol.converters import get_converter
 
 from .. import methods
 from ..errors import ErrorKind, PlokeIoError
-from ..types import FileHash, Snippet, SnippetRequest
+from ..types import Created, Edit, EditResult, FileHash, NewFile, Snippet, SnippetRequest
 
 __all__ = [
     "REQUEST_TYPES",
+    "CreateFilesParams",
+    "CreateFilesRequest",
+    "CreateFilesResult",
     "EscapeMemo",
     "GetSnippetsParams",
     "GetSnippetsRequest",
@@ -38,6 +41,9 @@ __all__ = [
     "StatusRequest",
     "StatusResult",
     "WatcherStatus",
+    "WriteSnippetsParams",
+    "WriteSnippetsRequest",
+    "WriteSnippetsResult",
     "batch_size",
     "encode_response",
     "error_to_json",
@@ -75,6 +81,20 @@ class HashFilesParams:
 @attrs.frozen
 class StatusParams:
     pass
+
+
+@attrs.frozen
+class WriteSnippetsParams:
+    edits: list[Edit | PlokeIoError]
+    origin: str | None = None
+    atomic: bool = False
+    dry_run: bool = False
+
+
+@attrs.frozen
+class CreateFilesParams:
+    files: list[NewFile | PlokeIoError]
+    origin: str | None = None
 
 
 @attrs.frozen
@@ -205,12 +225,109 @@ def structure_status(value: Any, _t: Any = None) -> StatusParams:
     return StatusParams()
 
 
+def _required_offset(item: dict[str, Any], field: str) -> int:
+    value = _offset(item, field)
+    if value is None:
+        raise PlokeIoError(ErrorKind.InvalidRange, f"{field} is required")
+    return value
+
+
+def _string(item: dict[str, Any], field: str) -> str:
+    value = item.get(field)
+    if type(value) is not str:
+        raise PlokeIoError(
+            ErrorKind.InvalidPath, f"{field} must be a string, got {_json_type(value)}"
+        )
+    return value
+
+
+def _flag(item: dict[str, Any], field: str) -> bool:
+    value = item.get(field, False)
+    if value is None:
+        return False
+    if type(value) is not bool:
+        raise PlokeIoError(
+            ErrorKind.InvalidPath, f"{field} must be a boolean, got {_json_type(value)}"
+        )
+    return value
+
+
+def _edit_item(item: Any) -> Edit | PlokeIoError:
+    if type(item) is not dict:
+        return PlokeIoError(
+            ErrorKind.InvalidPath, f"edit must be an object, got {_json_type(item)}"
+        )
+    try:
+        return Edit(
+            _path_of(item),
+            _string(item, "expectedHash"),
+            _required_offset(item, "startByte"),
+            _required_offset(item, "endByte"),
+            _string(item, "replacement"),
+        )
+    except PlokeIoError as err:
+        return err
+
+
+def _new_file_item(item: Any) -> NewFile | PlokeIoError:
+    if type(item) is not dict:
+        return PlokeIoError(
+            ErrorKind.InvalidPath, f"file must be an object, got {_json_type(item)}"
+        )
+    try:
+        return NewFile(
+            _path_of(item),
+            _string(item, "content"),
+            _flag(item, "createParents"),
+            _flag(item, "overwrite"),
+        )
+    except PlokeIoError as err:
+        return err
+
+
+def _top_flag(obj: dict[str, Any], field: str) -> bool:
+    value = obj.get(field, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ParamsError(field, f"expected a boolean, got {_json_type(value)}")
+    return value
+
+
+def _origin(obj: dict[str, Any]) -> str | None:
+    value = obj.get("origin")
+    if value is None or isinstance(value, str):
+        return value
+    raise ParamsError("origin", f"expected a string, got {_json_type(value)}")
+
+
+def structure_write_snippets(value: Any, _t: Any = None) -> WriteSnippetsParams:
+    obj = _object(value, "params")
+    items = _array(obj, "edits")
+    return WriteSnippetsParams(
+        [_edit_item(x) for x in items],
+        _origin(obj),
+        _top_flag(obj, "atomic"),
+        _top_flag(obj, "dryRun"),
+    )
+
+
+def structure_create_files(value: Any, _t: Any = None) -> CreateFilesParams:
+    obj = _object(value, "params")
+    items = _array(obj, "files")
+    return CreateFilesParams([_new_file_item(x) for x in items], _origin(obj))
+
+
 def batch_size(params: Any) -> tuple[str, int] | None:
     """(field, number of items) of a batch request's params, None for other params."""
     if isinstance(params, GetSnippetsParams):
         return "snippets", len(params.snippets)
     if isinstance(params, HashFilesParams):
         return "paths", len(params.paths)
+    if isinstance(params, WriteSnippetsParams):
+        return "edits", len(params.edits)
+    if isinstance(params, CreateFilesParams):
+        return "files", len(params.files)
     return None
 
 
@@ -259,11 +376,29 @@ class StatusRequest:
     jsonrpc: str = "2.0"
 
 
+@attrs.define
+class WriteSnippetsRequest:
+    id: MsgId
+    params: WriteSnippetsParams
+    method: str = methods.WRITE_SNIPPETS
+    jsonrpc: str = "2.0"
+
+
+@attrs.define
+class CreateFilesRequest:
+    id: MsgId
+    params: CreateFilesParams
+    method: str = methods.CREATE_FILES
+    jsonrpc: str = "2.0"
+
+
 # method -> (request message class, params structuring function)
 REQUEST_TYPES: dict[str, tuple[type[Any], Callable[[Any], Any]]] = {
     methods.GET_SNIPPETS: (GetSnippetsRequest, structure_get_snippets),
     methods.HASH_FILES: (HashFilesRequest, structure_hash_files),
     methods.STATUS: (StatusRequest, structure_status),
+    methods.WRITE_SNIPPETS: (WriteSnippetsRequest, structure_write_snippets),
+    methods.CREATE_FILES: (CreateFilesRequest, structure_create_files),
 }
 
 
@@ -278,6 +413,16 @@ class GetSnippetsResult:
 @attrs.frozen
 class HashFilesResult:
     results: list[FileHash | PlokeIoError]
+
+
+@attrs.frozen
+class WriteSnippetsResult:
+    results: list[EditResult | PlokeIoError]
+
+
+@attrs.frozen
+class CreateFilesResult:
+    results: list[Created | PlokeIoError]
 
 
 @attrs.frozen
@@ -314,6 +459,30 @@ def _snippet_json(r: Snippet | PlokeIoError) -> dict[str, Any]:
 def _hash_json(r: FileHash | PlokeIoError) -> dict[str, Any]:
     if type(r) is FileHash:
         return {"ok": True, "fileHash": r.file_hash, "size": r.size}
+    assert isinstance(r, PlokeIoError)
+    return {"ok": False, "error": error_to_json(r)}
+
+
+def _edit_json(r: EditResult | PlokeIoError) -> dict[str, Any]:
+    if type(r) is EditResult:
+        out: dict[str, Any] = {
+            "ok": True,
+            "filePath": r.file_path,
+            "oldHash": r.old_hash,
+            "newHash": r.new_hash,
+            "newStartByte": r.new_start_byte,
+            "newEndByte": r.new_end_byte,
+        }
+        if r.diff is not None:
+            out["diff"] = r.diff
+        return out
+    assert isinstance(r, PlokeIoError)
+    return {"ok": False, "error": error_to_json(r)}
+
+
+def _created_json(r: Created | PlokeIoError) -> dict[str, Any]:
+    if type(r) is Created:
+        return {"ok": True, "filePath": r.file_path, "fileHash": r.file_hash}
     assert isinstance(r, PlokeIoError)
     return {"ok": False, "error": error_to_json(r)}
 
@@ -453,7 +622,15 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(GetSnippetsParams, structure_get_snippets)
     converter.register_structure_hook(HashFilesParams, structure_hash_files)
     converter.register_structure_hook(StatusParams, structure_status)
+    converter.register_structure_hook(WriteSnippetsParams, structure_write_snippets)
+    converter.register_structure_hook(CreateFilesParams, structure_create_files)
     converter.register_unstructure_hook(GetSnippetsResult, _unstructure_snippets)
     converter.register_unstructure_hook(HashFilesResult, _unstructure_hashes)
     converter.register_unstructure_hook(StatusResult, _unstructure_status)
+    converter.register_unstructure_hook(
+        WriteSnippetsResult, lambda r: {"results": [_edit_json(x) for x in r.results]}
+    )
+    converter.register_unstructure_hook(
+        CreateFilesResult, lambda r: {"results": [_created_json(x) for x in r.results]}
+    )
     return converter
