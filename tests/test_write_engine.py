@@ -6,6 +6,7 @@ import asyncio
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -231,3 +232,53 @@ def test_random_edits_equal_a_reference_splice(tmp_path: Path, data: st.DataObje
     for k, r in zip(order, results, strict=True):
         r = ok(r)
         assert new[r.new_start_byte : r.new_end_byte] == repls[k].encode()
+
+
+async def test_directory_swapped_for_a_symlink_cannot_redirect_writes(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = write(outside / "f.txt", "outside: never touched\n")
+    d = root / "d"
+    f = write(d / "f.txt", "0\n")
+    manager = IoManager(Config.from_sources(roots=[str(root)]))
+    stop = threading.Event()
+    swaps = [0]
+
+    def swapper() -> None:
+        # d is, in turn, the real directory and a symlink to outside.
+        while not stop.is_set():
+            os.rename(d, root / "d-real")
+            os.symlink(outside, d)
+            os.unlink(d)
+            os.rename(root / "d-real", d)
+            swaps[0] += 1
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    kinds: set[str] = set()
+    try:
+        for i in range(300):
+            path = str(d / "f.txt")
+            try:
+                current = (root / "d-real" / "f.txt").read_bytes()
+            except FileNotFoundError:
+                try:
+                    current = f.read_bytes()
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+            [r] = await manager.write_snippets([Edit(path, b3(current), 0, 0, f"{i}")])
+            kinds.add(type(r).__name__ if isinstance(r, EditResult) else r.kind.name)
+            [c] = await manager.create_files([NewFile(str(d / f"new{i}.txt"), "x")])
+            kinds.add("Created" if isinstance(c, Created) else c.kind.name)
+    finally:
+        stop.set()
+        thread.join()
+        await manager.aclose()
+    assert swaps[0] > 10, swaps
+    assert "OutsideRoots" in kinds or "NotFound" in kinds, kinds  # the swaps were seen
+    assert secret.read_text() == "outside: never touched\n"
+    assert os.listdir(outside) == ["f.txt"], "a temp file or a created file landed outside"
+    assert "EditResult" in kinds and "Created" in kinds  # writes did go through, inside
+    assert kinds <= {"EditResult", "Created", "OutsideRoots", "NotFound", "ContentMismatch", "Io"}
+    assert temps(root) == []
