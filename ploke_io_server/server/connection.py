@@ -124,36 +124,41 @@ class Connection:
             self._stopped.set_result(None)
 
     async def _next_frame(self) -> bytes | None:
-        """The next frame, or None at EOF or when the connection is stopped.
+        """The next frame, or None at EOF.
 
         A TCP client that has not authenticated within ``--auth-timeout`` is disconnected.
         """
-        timeout = None
-        if self._preauth():
-            timeout = self._auth_deadline - asyncio.get_running_loop().time()
-            if timeout <= 0:  # even a client that never stops sending
-                raise TimeoutError
-        read = asyncio.ensure_future(self._read_frame())
-        await asyncio.wait(
-            (read, self._stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        if read.done():
-            return read.result()
-        read.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await read
-        if self._stopped.done():
-            return None
-        raise TimeoutError  # the authentication deadline passed
+        if not self._preauth():
+            return await self._read_frame()
+        timeout = self._auth_deadline - asyncio.get_running_loop().time()
+        if timeout <= 0:  # even a client that never stops sending
+            raise TimeoutError
+        return await asyncio.wait_for(self._read_frame(), timeout)
 
     # -- main loop -------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Read and dispatch messages; on the way out, let in-flight requests finish.
+        """Serve until ``exit``, EOF or :meth:`stop`; then let in-flight requests finish.
 
         Returns the exit code: 0 after ``shutdown``, 1 otherwise (``exit`` decides the same).
         """
         exit_code: int | None = None
+        reading = asyncio.get_running_loop().create_task(self._read_loop())
+        try:
+            await asyncio.wait((reading, self._stopped), return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():
+                reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                exit_code = await reading
+        finally:
+            await self._drain_inflight()
+            await self.writer.aclose()
+        if exit_code is None:
+            exit_code = 0 if self.state is State.SHUTDOWN else 1
+        return exit_code
+
+    async def _read_loop(self) -> int | None:
+        """Read and dispatch frames; an exit code when ``exit`` came, None at EOF."""
         try:
             while not self._closing:
                 # Back-pressure: stop reading while the client leaves its answers unread or
@@ -168,24 +173,19 @@ class Connection:
                     continue
                 except TimeoutError:
                     log.warning("%s: no successful initialize in time; closing", self.name)
-                    break
-                if body is None:  # EOF, or the server is stopping
-                    break
+                    return None
+                if body is None:  # EOF
+                    return None
                 try:
                     exit_code = self._handle_body(body)
                 except Exception:  # a bug of ours must not take the connection down
                     log.exception("%s: error while handling a message", self.name)
                     continue
                 if exit_code is not None:
-                    break
+                    return exit_code
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("%s: connection lost: %s", self.name, exc)
-        finally:
-            await self._drain_inflight()
-            await self.writer.aclose()
-        if exit_code is None:
-            exit_code = 0 if self.state is State.SHUTDOWN else 1
-        return exit_code
+        return None
 
     async def _drain_inflight(self) -> None:
         if self.inflight:

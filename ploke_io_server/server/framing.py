@@ -16,7 +16,7 @@ import os
 import stat
 from typing import Protocol
 
-__all__ = ["QUEUE_HIGH_WATER", "FileSink", "FrameWriter", "PipeSink", "Sink"]
+__all__ = ["QUEUE_HIGH_WATER", "FileSink", "FrameWriter", "PipeSink", "Sink", "SocketSink"]
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,13 @@ QUEUE_HIGH_WATER = 32 * 1024 * 1024
 
 
 class Sink(Protocol):
-    """What FrameWriter writes to: asyncio.StreamWriter has exactly this shape."""
+    """What FrameWriter writes to."""
 
     def write(self, data: bytes) -> None: ...
+
+    def writable_now(self) -> bool:
+        """True if a small write now would not have to wait (the transport is not paused)."""
+        ...
 
     async def drain(self) -> None: ...
 
@@ -78,6 +82,9 @@ class PipeSink:
             raise ConnectionResetError("pipe closed")
         self._transport.write(data)
 
+    def writable_now(self) -> bool:
+        return self._protocol.writable.is_set() and not self._transport.is_closing()
+
     async def drain(self) -> None:
         await self._protocol.writable.wait()
         if self._protocol.closed.done():
@@ -101,6 +108,9 @@ class FileSink:
         while view:
             view = view[os.write(self._fd, view) :]
 
+    def writable_now(self) -> bool:
+        return True
+
     async def drain(self) -> None:
         return None
 
@@ -110,6 +120,31 @@ class FileSink:
 
     async def wait_closed(self) -> None:
         return None
+
+
+class SocketSink:
+    """A TCP connection (asyncio.StreamWriter), with flow control."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+
+    def write(self, data: bytes) -> None:
+        if self._writer.is_closing():
+            raise ConnectionResetError("connection closed")
+        self._writer.write(data)
+
+    def writable_now(self) -> bool:
+        transport = self._writer.transport
+        return not transport.is_closing() and transport.get_write_buffer_size() == 0
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    async def wait_closed(self) -> None:
+        await self._writer.wait_closed()
 
 
 class FrameWriter:
@@ -125,6 +160,7 @@ class FrameWriter:
         self.closed = False
         self.queued_bytes = 0
         """Bytes queued and not yet handed to the transport."""
+        self._busy = False  # the pump is in the middle of a message
         self._drained = asyncio.Event()
         self._drained.set()
 
@@ -138,6 +174,14 @@ class FrameWriter:
             return
         total = sum(map(len, chunks))
         header = b"Content-Length: %d\r\n\r\n" % total
+        if total <= _SMALL and not self._busy and not self._queue and self._sink.writable_now():
+            # Fast path: nothing queued and the transport is not paused: write it now.
+            try:
+                self._sink.write(header + b"".join(chunks))
+            except (ConnectionError, OSError, RuntimeError) as exc:
+                log.info("client went away while writing: %s", exc)
+                self.closed = True
+            return
         self.queued_bytes += total + len(header)
         if self.queued_bytes > QUEUE_HIGH_WATER:
             self._drained.clear()
@@ -154,10 +198,12 @@ class FrameWriter:
             while True:
                 while self._queue:
                     message = self._queue.popleft()
+                    self._busy = True
                     for chunk in message:
                         self._sink.write(chunk)
                         await self._sink.drain()
                         self._account(len(chunk))
+                    self._busy = False
                 if self._closing:
                     return
                 self._wakeup.clear()

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..engine import IoManager
 from .connection import Connection
-from .framing import FileSink, PipeSink, Sink
+from .framing import FileSink, PipeSink, Sink, SocketSink
 from .models import EscapeMemo
 
 __all__ = ["load_or_create_token", "serve_stdio", "serve_tcp"]
@@ -117,7 +117,9 @@ async def serve_tcp(engine: IoManager, host: str, port: int, token: str | None) 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         name = f"tcp:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "tcp"
-        conn = Connection(engine, reader, writer, auth_token=token, name=name, escape_memo=memo)
+        conn = Connection(
+            engine, reader, SocketSink(writer), auth_token=token, name=name, escape_memo=memo
+        )
         task = asyncio.current_task()
         assert task is not None
         connections[conn] = task

@@ -1,0 +1,198 @@
+"""Write-path benchmark: ploke/writeSnippets side by side with its floor and the MCP server.
+
+(a) 200 sequential single-edit writes, one request each, awaited one after the other, against
+    - floor: a plain in-process Python loop doing the same durable steps (read, BLAKE3, verify,
+      splice, temp file, write, fsync, rename, directory fsync) with no RPC at all;
+    - the MCP filesystem server's ``edit_file`` on a copy of the same files (it does not fsync).
+(b) the same 200 edits as ONE batch request (files committed in parallel, fsyncs overlapped)
+    against (a)'s 200 sequential requests.
+
+Usage: python benchmarks/bench_write.py [--files 200] [--repeat 5] [--no-mcp] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from typing import Any
+
+from blake3 import blake3
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from bench_read import WORK, McpClient, ensure_mcp  # noqa: E402
+
+from ploke_io_server.client import PlokeClient  # noqa: E402
+
+
+def make_files(root: str, n: int) -> list[str]:
+    shutil.rmtree(root, ignore_errors=True)
+    paths = []
+    for i in range(n):
+        d = os.path.join(root, f"pkg{i % 10}")
+        os.makedirs(d, exist_ok=True)
+        p = os.path.join(d, f"mod{i}.rs")
+        with open(p, "w", encoding="utf-8") as f:
+            f.write(f"// module {i} — naïve\nfn value() -> u32 {{ 0 }}\n" + "// filler\n" * 50)
+        paths.append(p)
+    return paths
+
+
+def floor_write(path: str, old: str, new: str) -> None:
+    """The durable steps of one edit, in process: the least a safe writer can do."""
+    with open(path, "rb") as f:
+        data = f.read()
+    blake3(data).hexdigest()
+    start = data.index(old.encode())
+    new_data = data[:start] + new.encode() + data[start + len(old.encode()) :]
+    blake3(new_data).hexdigest()
+    d, name = os.path.split(path)
+    tmp = os.path.join(d, f".{name}.floor-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, new_data)
+    os.fsync(fd)
+    os.fchmod(fd, 0o644)
+    os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(dfd)
+    os.close(dfd)
+
+
+def value_edit(path: str, gen: int) -> tuple[str, str, int]:
+    """(old text, new text, byte offset) for moving the file from generation gen to gen+1."""
+    with open(path, "rb") as f:
+        data = f.read()
+    old = f"{{ {gen} }}"
+    start = data.index(old.encode())
+    return old, f"{{ {gen + 1} }}", start
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    base = os.path.join(WORK, "writes")
+    ours_root = os.path.join(base, "ours")
+    batch_root = os.path.join(base, "batch")
+    floor_root = os.path.join(base, "floor")
+    mcp_root = os.path.join(base, "mcp")
+    sets = {r: make_files(r, args.files) for r in (ours_root, batch_root, floor_root, mcp_root)}
+    gens = dict.fromkeys((ours_root, batch_root, floor_root, mcp_root), 0)
+    use_mcp = not args.no_mcp and ensure_mcp()
+    ours = await PlokeClient.spawn(root=base)
+    mcp = await McpClient.start(mcp_root) if use_mcp else None
+
+    def hash_of(path: str) -> str:
+        with open(path, "rb") as f:
+            return blake3(f.read()).hexdigest()
+
+    async def run_floor() -> None:
+        g = gens[floor_root]
+        for p in sets[floor_root]:
+            old, new, _ = value_edit(p, g)
+            floor_write(p, old, new)
+        gens[floor_root] = g + 1
+
+    async def run_ours_sequential() -> None:
+        g = gens[ours_root]
+        for p in sets[ours_root]:
+            old, new, start = value_edit(p, g)
+            [r] = await ours.write_snippets([{
+                "filePath": p, "expectedHash": hash_of(p), "startByte": start,
+                "endByte": start + len(old.encode()), "replacement": new}])  # fmt: skip
+            assert r["ok"], r
+        gens[ours_root] = g + 1
+
+    async def run_ours_batch() -> None:
+        g = gens[batch_root]
+        edits = []
+        for p in sets[batch_root]:
+            old, new, start = value_edit(p, g)
+            edits.append({"filePath": p, "expectedHash": hash_of(p), "startByte": start,
+                          "endByte": start + len(old.encode()), "replacement": new})  # fmt: skip
+        results = await ours.write_snippets(edits)
+        assert all(r["ok"] for r in results), results[:2]
+        gens[batch_root] = g + 1
+
+    async def run_mcp() -> None:
+        assert mcp is not None
+        g = gens[mcp_root]
+        for p in sets[mcp_root]:
+            old, new, _ = value_edit(p, g)
+            res = await mcp.call("tools/call", {"name": "edit_file", "arguments": {
+                "path": p, "edits": [{"oldText": old, "newText": new}]}})  # fmt: skip
+            assert not res.get("isError"), res
+        gens[mcp_root] = g + 1
+
+    contenders = {
+        "floor (in-process, durable)": run_floor,
+        "ploke-io-server, 200 requests": run_ours_sequential,
+        "ploke-io-server, 1 batch": run_ours_batch,
+    }
+    if mcp is not None:
+        contenders["MCP edit_file (no fsync)"] = run_mcp
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for fn in contenders.values():
+        await fn()  # warm-up
+    for _ in range(args.repeat):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            await fn()
+            times[name].append(time.perf_counter() - t0)
+    await ours.close()
+    if mcp is not None:
+        await mcp.close()
+
+    floor_t = times["floor (in-process, durable)"]
+    seq_t = times["ploke-io-server, 200 requests"]
+    report: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "files": args.files,
+        "rows": [],
+    }
+    print(f"# {report['machine']}")
+    print(f"# {args.files} files, one edit each per round; {args.repeat} interleaved rounds")
+    for name, ts in times.items():
+        to_floor = statistics.median([t / b for t, b in zip(ts, floor_t, strict=True)])
+        to_seq = statistics.median([t / b for t, b in zip(ts, seq_t, strict=True)])
+        row = {
+            "name": name,
+            "median_ms": round(statistics.median(ts) * 1000, 1),
+            "per_file_ms": round(statistics.median(ts) * 1000 / args.files, 2),
+            "x_floor": round(to_floor, 2),
+            "x_sequential": round(to_seq, 2),
+        }
+        report["rows"].append(row)
+        print(
+            f"  {name:<30} median {row['median_ms']:8.1f} ms ({row['per_file_ms']:.2f} ms/file)"
+            f"  {to_floor:5.2f}x floor  {to_seq:5.2f}x ours-sequential"
+        )
+    return report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--files", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--no-mcp", action="store_true")
+    ap.add_argument("--json", help="write the figures as JSON here")
+    args = ap.parse_args()
+    report = asyncio.run(run(args))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
