@@ -41,6 +41,7 @@ __all__ = [
     "PathPolicy",
     "Resolver",
     "Root",
+    "RootCache",
     "check_path_string",
 ]
 
@@ -179,15 +180,58 @@ class _FollowLink(Exception):
     """Raised by a final-component operation when it met a symlink."""
 
 
+class RootCache:
+    """Open descriptors of root directories, shared by the batches of one engine.
+
+    Opening a root safely walks its canonical path from ``/`` (one ``openat`` per component);
+    a cached descriptor is reused while an ``lstat`` of the root's path still names the same
+    directory (device and inode). A root that was replaced is opened again; the old
+    descriptor is kept open until :meth:`close`, since a batch may still be using it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fds: dict[str, tuple[int, int, int]] = {}
+        self._retired: list[int] = []
+
+    def fd_for(self, real: str, shown: str) -> int:
+        try:
+            st = os.stat(real, follow_symlinks=False)
+        except OSError:
+            st = None
+        cached = self._fds.get(real)
+        if cached is not None and st is not None and (st.st_dev, st.st_ino) == cached[1:]:
+            return cached[0]
+        fd = _open_root(real, shown)
+        fst = os.fstat(fd)
+        with self._lock:
+            old = self._fds.get(real)
+            self._fds[real] = (fd, fst.st_dev, fst.st_ino)
+            if old is not None:
+                self._retired.append(old[0])
+        return fd
+
+    def close(self) -> None:
+        with self._lock:
+            fds = [v[0] for v in self._fds.values()] + self._retired
+            self._fds.clear()
+            self._retired.clear()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class Resolver:
     """Resolves and opens paths for one batch under a :class:`PathPolicy`.
 
     Thread-safe: the executor's workers share it. Close it only when they are done.
     """
 
-    def __init__(self, policy: PathPolicy) -> None:
+    def __init__(self, policy: PathPolicy, roots: RootCache | None = None) -> None:
         self.policy = policy
+        self._shared_roots = roots
         self._root_fds: dict[int, int] = {}
+        self._owned_roots: list[int] = []
         self._dirs: dict[tuple[int, str], int] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -201,9 +245,10 @@ class Resolver:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            fds = list(self._dirs.values()) + list(self._root_fds.values())
+            fds = list(self._dirs.values()) + self._owned_roots
             self._dirs.clear()
             self._root_fds.clear()
+            self._owned_roots = []
         for fd in fds:
             os.close(fd)
 
@@ -390,12 +435,19 @@ class Resolver:
         fd = self._root_fds.get(root)
         if fd is not None:
             return fd
-        fd = _open_root(self.policy.roots[root].real, shown)
+        real = self.policy.roots[root].real
+        if self._shared_roots is not None:
+            fd = self._shared_roots.fd_for(real, shown)
+            self._root_fds[root] = fd  # owned by the cache: not closed by this Resolver
+            return fd
+        fd = _open_root(real, shown)
         with self._lock:
             if self._closed:
                 os.close(fd)
                 raise PlokeIoError(ErrorKind.Io, f"{shown}: operation cancelled")
             existing = self._root_fds.setdefault(root, fd)
+            if existing == fd:
+                self._owned_roots.append(fd)
         if existing != fd:
             os.close(fd)
         return existing

@@ -282,3 +282,24 @@ async def test_directory_swapped_for_a_symlink_cannot_redirect_writes(tmp_path: 
     assert "EditResult" in kinds and "Created" in kinds  # writes did go through, inside
     assert kinds <= {"EditResult", "Created", "OutsideRoots", "NotFound", "ContentMismatch", "Io"}
     assert temps(root) == []
+
+
+async def test_cached_root_descriptor_follows_a_replaced_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write(root / "f.txt", "first")
+    manager = IoManager(Config.from_sources(roots=[str(root)]))
+    try:
+        [r] = await manager.hash_files([str(root / "f.txt")])
+        assert not isinstance(r, PlokeIoError) and r.file_hash == b3(b"first")
+        # Recreated (as by `rm -rf && git clone`): the new directory is served.
+        os.rename(root, tmp_path / "old-root")
+        write(root / "f.txt", "second")
+        [r] = await manager.hash_files([str(root / "f.txt")])
+        assert not isinstance(r, PlokeIoError) and r.file_hash == b3(b"second")
+        # Replaced by a symlink to elsewhere: refused, never followed.
+        os.rename(root, tmp_path / "second-root")
+        os.symlink(tmp_path / "old-root", root)
+        [r] = await manager.hash_files([str(root / "f.txt")])
+        failed(r, ErrorKind.OutsideRoots)
+    finally:
+        await manager.aclose()

@@ -21,7 +21,7 @@ import attrs
 
 from ..config import Config
 from ..errors import ErrorKind, PlokeIoError
-from ..paths import Located, PathPolicy, Resolver
+from ..paths import Located, PathPolicy, Resolver, RootCache
 from ..types import (
     Created,
     Edit,
@@ -88,6 +88,7 @@ class IoManager:
         self.counters = Counters()
         self.utf8 = read.Utf8Index()
         self.locks = write.FileLocks()
+        self.root_fds = RootCache()
         self.origins: collections.OrderedDict[tuple[int, int, str], str] = collections.OrderedDict()
         """The origin of the last write to each directory entry (for the watcher)."""
         self._origins_lock = threading.Lock()
@@ -367,6 +368,7 @@ class IoManager:
             return
         self._closed = True
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        self.root_fds.close()
 
     # -- batch runner --------------------------------------------------------------------------
 
@@ -413,7 +415,7 @@ class IoManager:
         if self._closed:
             raise RuntimeError("IoManager is closed")
         loop = asyncio.get_running_loop()
-        resolver = Resolver(policy or self.policy)
+        resolver = Resolver(policy or self.policy, self.root_fds)
         stop = threading.Event()
         feed: Iterator[_J] = iter(jobs)
         feed_lock = threading.Lock()
