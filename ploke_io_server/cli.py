@@ -163,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def run() -> int:
         engine = IoManager(config)
+        await engine.start()  # background: remove temp files a crashed server left
         if not args.tcp:
             return await serve_stdio(engine)
         token: str | None = None

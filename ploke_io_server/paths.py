@@ -283,6 +283,7 @@ class Resolver:
                 if exc.errno == errno.ENOENT and create:
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(name, 0o777, dir_fd=dir_fd)
+                        _fsync_dir_fd(dir_fd)  # the new entry is durable in its parent
                     return final(dir_fd, name, shown)
                 raise from_os_error(exc, shown) from None
 
@@ -535,7 +536,22 @@ def _locate(dir_fd: int, name: str, shown: str) -> Located:
             raise _FollowLink
         if not stat.S_ISREG(st.st_mode):
             raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file")
-    return Located(os.dup(dir_fd), name, shown, st)
+    return Located(_dup(dir_fd, shown), name, shown, st)
+
+
+def _fsync_dir_fd(dir_fd: int) -> None:
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dup(fd: int, shown: str) -> int:
+    try:
+        return os.dup(fd)
+    except OSError as exc:  # EMFILE: too many open files
+        raise from_os_error(exc, shown) from None
 
 
 def _locate_nofollow(dir_fd: int, name: str, shown: str) -> Located:
@@ -543,7 +559,7 @@ def _locate_nofollow(dir_fd: int, name: str, shown: str) -> Located:
         return _locate(dir_fd, name, shown)
     except _FollowLink:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        return Located(os.dup(dir_fd), name, shown, st)
+        return Located(_dup(dir_fd, shown), name, shown, st)
 
 
 def _open_regular(dir_fd: int, name: str, shown: str) -> OpenedFile:

@@ -165,3 +165,16 @@ async def test_shutdown_waits_for_a_write_batch(workspace: Path) -> None:
     assert {p.read_text() for p in files} == {"b"}
     assert not [n for n in os.listdir(workspace) if ".ploke-tmp." in n]
     json.dumps(first)  # a plain JSON value
+
+
+async def test_the_daemon_removes_temp_files_a_crash_left(
+    start_server: Any, transport: str, workspace: Path
+) -> None:
+    left = write(workspace / "src" / ".lib.rs.ploke-tmp.999999999.0badf00d", "torn")
+    users = write(workspace / ".notes.ploke-tmp.txt", "not ours")
+    client = await start_server(transport, "--root", str(workspace))
+    for _ in range(200):
+        if (await call(client, methods.STATUS))["counters"]["tempsRemoved"] == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert not left.exists() and users.exists()

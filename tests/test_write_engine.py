@@ -187,13 +187,14 @@ async def test_concurrent_writes_with_the_same_expected_hash(engine: IoManager) 
 
 async def test_stale_temp_files_are_removed_at_start(tmp_path: Path) -> None:
     root = tmp_path / "r"
-    dead = write(root / "sub" / f".a.txt{TEMP_MARK}999999999.abcd", "torn")
-    mine = write(root / f".b.txt{TEMP_MARK}{os.getpid()}.abcd", "in use")
+    dead = write(root / "sub" / f".a.txt{TEMP_MARK}999999999.abcd0123", "torn")
+    mine = write(root / f".b.txt{TEMP_MARK}{os.getpid()}.abcd0123", "in use")
     keep = write(root / "normal.ploke-tmp.txt", "not ours")
+    notes = write(root / ".notes.ploke-tmp.txt", "a user's file that only looks like ours")
     manager = IoManager(Config.from_sources(roots=[str(root)]))
     await manager.start()
     await manager.wait_started()
-    assert not dead.exists() and mine.exists() and keep.exists()
+    assert not dead.exists() and mine.exists() and keep.exists() and notes.exists()
     assert manager.counters.temps_removed == 1
     await manager.aclose()
 
@@ -303,3 +304,35 @@ async def test_cached_root_descriptor_follows_a_replaced_root(tmp_path: Path) ->
         failed(r, ErrorKind.OutsideRoots)
     finally:
         await manager.aclose()
+
+
+async def test_review_regressions(engine: IoManager) -> None:
+    root = root_of(engine)
+    f = write(root / "a.txt", "abc")
+    h = b3(b"abc")
+    # One file under two spellings in an atomic batch: refused, not a lost update.
+    results = await engine.write_snippets(
+        [Edit(str(f), h, 0, 1, "X"), Edit(f"{root}//a.txt", h, 2, 3, "Z")], atomic=True
+    )
+    for r in results:
+        failed(r, ErrorKind.InvalidRange)
+    assert f.read_text() == "abc"
+    # A directory or FIFO at the path of a create: AlreadyExists.
+    (root / "adir").mkdir()
+    os.mkfifo(root / "fifo")
+    for name in ("adir", "fifo"):
+        [c] = await engine.create_files([NewFile(str(root / name), "x")])
+        failed(c, ErrorKind.AlreadyExists)
+    # Edits count in bytesWritten; setuid/setgid bits survive a write.
+    f.chmod(0o6755)
+    before = engine.counters.bytes_written
+    [r] = await engine.write_snippets([Edit(str(f), h, 0, 1, "ab")])
+    ok(r)
+    assert engine.counters.bytes_written - before == len(b"abbc")
+    assert stat.S_IMODE(f.stat().st_mode) == 0o6755
+    # A dry-run diff marks a last line without a newline, as git does.
+    [d] = await engine.write_snippets([Edit(str(f), b3(b"abbc"), 3, 4, "d")], dry_run=True)
+    assert ok(d).diff == (
+        "--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-abbc\n\\ No newline at end of file\n"
+        "+abbd\n\\ No newline at end of file\n"
+    )

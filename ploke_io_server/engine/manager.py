@@ -201,7 +201,7 @@ class IoManager:
                                 write.discard(prepared)
                                 return
                             write.commit(prepared)
-                            self._note_write(located, origin)
+                            self._note_write(located, origin, prepared.new_size)
                 finally:
                     os.close(located.dir_fd)
             except PlokeIoError as err:
@@ -212,7 +212,7 @@ class IoManager:
                 results[i] = r
 
         if atomic and not dry_run and any(r is not None for r in results):
-            _abort(results, edits)
+            _abort(results)
         elif atomic and not dry_run:
             await self._run(
                 policy, [jobs], self._atomic_worker(results, max_bytes, origin, gate), None,
@@ -247,9 +247,24 @@ class IoManager:
                         missing = PlokeIoError(ErrorKind.NotFound, f"{loc.shown}: no such file")
                         failed = _fail(results, group, missing)
                 if failed:
-                    _abort(results, [e for _l, g in located for _i, e in g])
+                    _abort(results)
                     return
                 keys = [write.lock_key(loc) for loc, _g in located]
+                if len(set(keys)) < len(keys):
+                    # One file named by two spellings: its edits would be checked against the
+                    # same original and the second rename would undo the first.
+                    seen: dict[tuple[int, int, str], list[tuple[int, Edit]]] = {}
+                    for key, (_loc, group) in zip(keys, located, strict=True):
+                        if key in seen:
+                            twice = PlokeIoError(
+                                ErrorKind.InvalidRange,
+                                "the same file is named by two different paths in one batch",
+                            )
+                            _fail(results, seen[key], twice)
+                            _fail(results, group, twice)
+                        seen[key] = group
+                    _abort(results)
+                    return
                 with self.locks.hold(keys):
                     prepared: list[write.PreparedFile] = []
                     for loc, group in located:
@@ -262,7 +277,7 @@ class IoManager:
                     if failed or not gate.may_commit():
                         for p in prepared:
                             write.discard(p)
-                        _abort(results, [e for _l, g in located for _i, e in g])
+                        _abort(results)
                         return
                     # The window: every file is checked and its temp file is durable; only
                     # renames remain, one directory fsync after each.
@@ -274,9 +289,13 @@ class IoManager:
                                 results[i] = err
                             for rest in prepared[n + 1 :]:
                                 write.discard(rest)
-                            _abort(results, [e for _l, g in located for _i, e in g])
+                            _abort(
+                                results,
+                                "a rename of this atomic batch failed after "
+                                f"{n} file(s) were committed; this file was not changed",
+                            )
                             return
-                        self._note_write(p.located, origin)
+                        self._note_write(p.located, origin, p.new_size)
                         for i, r in p.results:
                             results[i] = r
             finally:
@@ -301,24 +320,39 @@ class IoManager:
             else:
                 jobs.append((i, f))
         max_bytes = self.config.max_file_bytes
+        gate = _CommitGate()
 
         def one(resolver: Resolver, job: tuple[int, NewFile]) -> None:
             i, new = job
             try:
-                results[i] = write.create_file(resolver, new, self.locks, max_bytes)
+                created = write.create_file(
+                    resolver,
+                    new,
+                    self.locks,
+                    max_bytes,
+                    gate.may_commit,
+                    lambda located, size: self._note_write(located, origin, size, created=True),
+                )
             except PlokeIoError as err:
                 results[i] = err
                 return
-            with _COUNTER_LOCK:
-                self.counters.files_created += 1
-                self.counters.bytes_written += len(new.content.encode())
+            if created is not None:
+                results[i] = created
 
-        await self._run(policy, jobs, one, None, parallelism=WRITE_PARALLELISM)
+        await self._run(
+            policy, jobs, one, None, parallelism=WRITE_PARALLELISM, cancel_ok=gate.cancel
+        )
         return self._finish(results)
 
-    def _note_write(self, located: Located, origin: str | None) -> None:
+    def _note_write(
+        self, located: Located, origin: str | None, size: int, *, created: bool = False
+    ) -> None:
         with _COUNTER_LOCK:
-            self.counters.files_written += 1
+            if created:
+                self.counters.files_created += 1
+            else:
+                self.counters.files_written += 1
+            self.counters.bytes_written += size
         if origin is None:
             return
         key = write.lock_key(located)
@@ -500,12 +534,11 @@ def _fail(results: list[Any], group: Sequence[tuple[int, Edit]], err: PlokeIoErr
     return True
 
 
-def _abort(results: list[Any], edits: Sequence[object]) -> None:
-    """Atomic batch failed: every edit without an error of its own gets batchAborted."""
+def _abort(
+    results: list[Any],
+    message: str = "another edit of this atomic batch failed; nothing was changed",
+) -> None:
+    """Atomic batch stopped: every edit without a result of its own gets batchAborted."""
     for i, r in enumerate(results):
-        if r is None or isinstance(r, EditResult):
-            results[i] = PlokeIoError(
-                ErrorKind.Io,
-                "another edit of this atomic batch failed; nothing was changed",
-                {"reason": "batchAborted"},
-            )
+        if r is None:
+            results[i] = PlokeIoError(ErrorKind.Io, message, {"reason": "batchAborted"})

@@ -20,10 +20,11 @@ import difflib
 import errno
 import itertools
 import os
+import re
 import secrets
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
@@ -53,8 +54,12 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEX
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+_TEMP_RE = re.compile(r"^\..*\.ploke-tmp\.(\d+)\.[0-9a-f]{8}$", re.DOTALL)
+
+
 def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and TEMP_MARK in name
+    """True for the exact names our temp files get (``.<name>.ploke-tmp.<pid>.<8 hex>``)."""
+    return _TEMP_RE.match(name) is not None
 
 
 def _temp_name(name: str) -> str:
@@ -120,6 +125,7 @@ class PreparedFile:
     results: list[tuple[int, EditResult]]
     temp: str | None = None
     mode: int = 0o644
+    new_size: int = 0
 
 
 def validate_group(edits: Sequence[tuple[int, Edit]]) -> PlokeIoError | None:
@@ -234,14 +240,7 @@ def prepare_edits(
     new_hash = hash_bytes(new_data)
     diff = None
     if dry_run:
-        diff = "".join(
-            difflib.unified_diff(
-                old_text.splitlines(keepends=True),
-                new_data.decode("utf-8").splitlines(keepends=True),
-                fromfile=f"a/{shown}",
-                tofile=f"b/{shown}",
-            )
-        )
+        diff = unified_diff(old_text, new_data.decode("utf-8"), shown)
     results = [
         (
             i,
@@ -256,10 +255,25 @@ def prepare_edits(
         )
         for i, e in edits
     ]
-    prepared = PreparedFile(located, old_hash, new_hash, results, mode=stat.S_IMODE(st.st_mode))
+    prepared = PreparedFile(
+        located, old_hash, new_hash, results, mode=stat.S_IMODE(st.st_mode), new_size=len(new_data)
+    )
     if not dry_run:
         prepared.temp = _write_temp(located, new_data, prepared.mode, st)
     return prepared
+
+
+def unified_diff(old: str, new: str, shown: str) -> str:
+    """A unified diff, with git's marker for a last line that has no newline."""
+    out = []
+    for line in difflib.unified_diff(
+        old.splitlines(keepends=True),
+        new.splitlines(keepends=True),
+        fromfile=f"a/{shown}",
+        tofile=f"b/{shown}",
+    ):
+        out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(out)
 
 
 def _write_temp(located: Located, data: bytes, mode: int, st: os.stat_result | None) -> str:
@@ -275,10 +289,10 @@ def _write_temp(located: Located, data: bytes, mode: int, st: os.stat_result | N
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)  # a failure here fails the write: never retried (fsyncgate)
-        os.fchmod(fd, mode)
         if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
             with contextlib.suppress(PermissionError):
                 os.fchown(fd, st.st_uid, st.st_gid)
+        os.fchmod(fd, mode)  # after fchown, which clears setuid/setgid
     except OSError as exc:
         os.close(fd)
         _unlink_quietly(located, temp)
@@ -325,14 +339,32 @@ def _unlink_quietly(located: Located, name: str) -> None:
         os.unlink(name, dir_fd=located.dir_fd)
 
 
-def create_file(resolver: Resolver, new: NewFile, locks: FileLocks, max_bytes: int) -> Created:
-    """Create one file durably: temp file, fsync, then link (no replace) or rename (overwrite)."""
+def create_file(
+    resolver: Resolver,
+    new: NewFile,
+    locks: FileLocks,
+    max_bytes: int,
+    may_commit: Callable[[], bool],
+    committed: Callable[[Located, int], None],
+) -> Created | None:
+    """Create one file durably: temp file, fsync, then link (no replace) or rename (overwrite).
+
+    ``may_commit()`` is asked just before the file appears (False: cancelled, nothing done,
+    None returned); ``committed(located, size)`` is told after.
+    """
     path = new.file_path
     if new.create_parents:
         parent = os.path.dirname(path)
         if parent and parent != path:
             os.close(resolver.directory(parent, create=True))
-    located = resolver.locate(path, follow_last=False)
+    try:
+        located = resolver.locate(path, follow_last=False)
+    except PlokeIoError as err:
+        if err.kind is ErrorKind.NotAFile and not new.overwrite:  # a directory, FIFO, ...
+            raise PlokeIoError(
+                ErrorKind.AlreadyExists, f"{err.message.split(':')[0]}: already exists"
+            ) from None
+        raise
     try:
         data = new.content.encode("utf-8")
         if len(data) > max_bytes:
@@ -347,6 +379,9 @@ def create_file(resolver: Resolver, new: NewFile, locks: FileLocks, max_bytes: i
                 raise PlokeIoError(ErrorKind.AlreadyExists, f"{located.shown}: already exists")
             umask = _umask()
             temp = _write_temp(located, data, 0o666 & ~umask, None)
+            if not may_commit():
+                _unlink_quietly(located, temp)
+                return None
             try:
                 if new.overwrite:
                     os.replace(
@@ -369,6 +404,7 @@ def create_file(resolver: Resolver, new: NewFile, locks: FileLocks, max_bytes: i
             finally:
                 _unlink_quietly(located, temp)
             fsync_dir(located)
+            committed(located, len(data))
         return Created(file_path=path, file_hash=hash_bytes(data))
     finally:
         os.close(located.dir_fd)
@@ -407,10 +443,8 @@ def remove_stale_temps(roots: Sequence[str]) -> int:
     for root in roots:
         for dirpath, _dirs, files in os.walk(root):
             for name in files:
-                if not is_temp_name(name):
-                    continue
-                pid_text = name.rsplit(TEMP_MARK, 1)[1].split(".", 1)[0]
-                if pid_text.isdigit() and _alive(int(pid_text)):
+                m = _TEMP_RE.match(name)
+                if m is None or _alive(int(m.group(1))):
                     continue
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(dirpath, name))
