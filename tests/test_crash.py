@@ -18,7 +18,7 @@ from ploke_io_server.engine.write import is_temp_name
 
 from .helpers.crash_writer import FILES, content, generation
 
-ROUNDS = 150
+ROUNDS = 200
 
 
 def temps(root: Path) -> list[str]:

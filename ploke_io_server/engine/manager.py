@@ -477,10 +477,11 @@ class IoManager:
 
         nworkers = min(self.config.fd_limit, parallelism, total)
         futures = [loop.run_in_executor(self._executor, worker) for _ in range(nworkers)]
+        all_done = futures[0] if nworkers == 1 else asyncio.gather(*futures)
         try:
             while True:
                 try:
-                    await asyncio.shield(asyncio.gather(*futures))
+                    await asyncio.shield(all_done)
                     break
                 except asyncio.CancelledError:
                     if cancel_ok is not None and not cancel_ok():
@@ -494,11 +495,14 @@ class IoManager:
                     raise
         finally:
             stop.set()
-            # Never close descriptors a worker may still use: close when the last one returns,
-            # even if this task is cancelled again while waiting.
-            waiter = asyncio.gather(*futures, return_exceptions=True)
-            waiter.add_done_callback(lambda _f: resolver.close())
-            await asyncio.shield(waiter)
+            if all(f.done() for f in futures):
+                resolver.close()
+            else:
+                # Never close descriptors a worker may still use: close when the last one
+                # returns, even if this task is cancelled again while waiting.
+                waiter = asyncio.gather(*futures, return_exceptions=True)
+                waiter.add_done_callback(lambda _f: resolver.close())
+                await asyncio.shield(waiter)
 
 
 _COUNTER_LOCK = threading.Lock()

@@ -556,10 +556,16 @@ def _hash_fragment(r: FileHash | PlokeIoError, memo: EscapeMemo) -> bytes:
     return _dumps(_hash_json(r)).encode()
 
 
+def _json_fragment(to_json: Callable[[Any], dict[str, Any]]) -> Callable[[Any, EscapeMemo], bytes]:
+    return lambda r, _memo: _dumps(to_json(r)).encode()
+
+
 # Results whose ``results`` list is encoded in chunks (and released as it goes).
 _CHUNKED: dict[type[Any], Callable[[Any, EscapeMemo], bytes]] = {
     GetSnippetsResult: _snippet_fragment,
     HashFilesResult: _hash_fragment,
+    WriteSnippetsResult: _json_fragment(_edit_json),
+    CreateFilesResult: _json_fragment(_created_json),
 }
 _CHUNK_ITEMS = 256
 
