@@ -44,6 +44,7 @@ BENCH_TREE ?= $(shell $(PY) -c "import mypy, os; print(os.path.dirname(mypy.__fi
 bench: $(STAMP)
 	$(PY) benchmarks/bench_read.py --json benchmarks/results-generated.json
 	$(PY) benchmarks/bench_read.py --tree $(BENCH_TREE) --json benchmarks/results-tree.json
+	$(PY) benchmarks/bench_write.py --json benchmarks/results-write.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
