@@ -13,7 +13,7 @@ import collections
 import json
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _escape
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import cattrs
@@ -252,37 +252,43 @@ def _flag(item: dict[str, Any], field: str) -> bool:
     return value
 
 
-def _edit_item(item: Any) -> Edit | PlokeIoError:
+_T = TypeVar("_T")
+
+
+def _item(item: Any, noun: str, build: Callable[[dict[str, Any]], _T]) -> _T | PlokeIoError:
+    """One batch item: an object whose fields ``build`` checks; any problem is its error."""
     if type(item) is not dict:
         return PlokeIoError(
-            ErrorKind.InvalidPath, f"edit must be an object, got {_json_type(item)}"
+            ErrorKind.InvalidPath, f"{noun} must be an object, got {_json_type(item)}"
         )
     try:
-        return Edit(
-            _path_of(item),
-            _string(item, "expectedHash"),
-            _required_offset(item, "startByte"),
-            _required_offset(item, "endByte"),
-            _string(item, "replacement"),
-        )
+        return build(item)
     except PlokeIoError as err:
         return err
+
+
+def _edit_item(item: Any) -> Edit | PlokeIoError:
+    return _item(
+        item,
+        "edit",
+        lambda d: Edit(
+            _path_of(d),
+            _string(d, "expectedHash"),
+            _required_offset(d, "startByte"),
+            _required_offset(d, "endByte"),
+            _string(d, "replacement"),
+        ),
+    )
 
 
 def _new_file_item(item: Any) -> NewFile | PlokeIoError:
-    if type(item) is not dict:
-        return PlokeIoError(
-            ErrorKind.InvalidPath, f"file must be an object, got {_json_type(item)}"
-        )
-    try:
-        return NewFile(
-            _path_of(item),
-            _string(item, "content"),
-            _flag(item, "createParents"),
-            _flag(item, "overwrite"),
-        )
-    except PlokeIoError as err:
-        return err
+    return _item(
+        item,
+        "file",
+        lambda d: NewFile(
+            _path_of(d), _string(d, "content"), _flag(d, "createParents"), _flag(d, "overwrite")
+        ),
+    )
 
 
 def _top_flag(obj: dict[str, Any], field: str) -> bool:
