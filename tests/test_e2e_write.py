@@ -178,3 +178,18 @@ async def test_the_daemon_removes_temp_files_a_crash_left(
             break
         await asyncio.sleep(0.02)
     assert not left.exists() and users.exists()
+
+
+async def test_temp_files_in_a_clients_workspace_are_removed_too(
+    start_server: Any, transport: str, workspace: Path
+) -> None:
+    left = write(workspace / ".a.rs.ploke-tmp.999999999.0badf00d", "torn")
+    # No --root: the server's default is its cwd, which it does not walk; the client's
+    # workspace folder is cleaned when the client brings it.
+    client = await start_server(transport, folders=[str(workspace)])
+    for _ in range(200):
+        if not left.exists():
+            break
+        await asyncio.sleep(0.02)
+    assert not left.exists()
+    assert (await call(client, methods.STATUS))["counters"]["tempsRemoved"] == 1

@@ -336,3 +336,14 @@ async def test_review_regressions(engine: IoManager) -> None:
         "--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-abbc\n\\ No newline at end of file\n"
         "+abbd\n\\ No newline at end of file\n"
     )
+
+
+async def test_long_multibyte_names_can_be_edited_and_created(engine: IoManager) -> None:
+    name = "é" * 120 + ".txt"  # 244 bytes: the temp name must be cut by bytes, not characters
+    f = write(root_of(engine) / name, "x")
+    [r] = await engine.write_snippets([Edit(str(f), b3(b"x"), 0, 1, "y")])
+    ok(r)
+    assert f.read_text() == "y"
+    [c] = await engine.create_files([NewFile(str(root_of(engine) / ("ü" * 125)), "z")])
+    assert isinstance(c, Created)
+    assert temps(root_of(engine)) == []

@@ -92,7 +92,8 @@ class IoManager:
         self.origins: collections.OrderedDict[tuple[int, int, str], str] = collections.OrderedDict()
         """The origin of the last write to each directory entry (for the watcher)."""
         self._origins_lock = threading.Lock()
-        self._cleanup: asyncio.Future[int] | None = None
+        self._cleanups: list[asyncio.Future[int]] = []
+        self._cleaned: set[str] = set()
         self._executor = ThreadPoolExecutor(
             max_workers=config.fd_limit, thread_name_prefix="ploke-io"
         )
@@ -373,13 +374,24 @@ class IoManager:
         }
 
     async def start(self) -> None:
-        """Start background work: removing temp files a crashed process left in the roots."""
-        if self._cleanup is None:
-            loop = asyncio.get_running_loop()
-            self._cleanup = loop.run_in_executor(
-                self._executor, write.remove_stale_temps, list(self.config.roots)
-            )
-            self._cleanup.add_done_callback(self._cleanup_done)
+        """Start background work: removing temp files a crashed process left in the roots.
+
+        Roots given by the operator are cleaned at start; the current-directory default is
+        not (it may be a home directory), but roots a client brings are (:meth:`clean_roots`).
+        """
+        if self.config.roots_from_cli:
+            self.clean_roots(self.config.roots)
+
+    def clean_roots(self, roots: Sequence[str]) -> None:
+        """Remove stale temp files under ``roots`` in the background, once per root."""
+        todo = [r for r in roots if r not in self._cleaned]
+        if not todo or self._closed:
+            return
+        self._cleaned.update(todo)
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._executor, write.remove_stale_temps, todo)
+        fut.add_done_callback(self._cleanup_done)
+        self._cleanups.append(fut)
 
     def _cleanup_done(self, fut: asyncio.Future[int]) -> None:
         if fut.cancelled():
@@ -392,9 +404,9 @@ class IoManager:
             log.info("removed %d temp files left by a crashed process", fut.result())
 
     async def wait_started(self) -> None:
-        """Wait for the start-up clean-up (tests, tools)."""
-        if self._cleanup is not None:
-            await asyncio.shield(self._cleanup)
+        """Wait for the temp-file clean-ups started so far (tests, tools)."""
+        if self._cleanups:
+            await asyncio.shield(asyncio.gather(*self._cleanups, return_exceptions=True))
 
     async def aclose(self) -> None:
         """Stop the executor after the work in flight has finished."""

@@ -63,8 +63,11 @@ def is_temp_name(name: str) -> bool:
 
 
 def _temp_name(name: str) -> str:
+    """``.<name>.ploke-tmp.<pid>.<hex>``, the name cut (on a character) to fit 255 bytes."""
     suffix = f"{TEMP_MARK}{os.getpid()}.{secrets.token_hex(4)}"
-    return "." + name[: _NAME_MAX - len(suffix) - 1] + suffix
+    room = _NAME_MAX - len(suffix) - 1
+    head = os.fsencode(name)[:room]
+    return "." + head.decode("utf-8", "ignore") + suffix
 
 
 class _LockEntry:

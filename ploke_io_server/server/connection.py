@@ -394,6 +394,7 @@ class Connection:
             return
         self.session = session
         self.state = State.READY
+        self.engine.clean_roots(session.policy.root_paths())
         for text in warnings:
             log.warning("%s: %s", self.name, text)
             self.server.window_log_message(
