@@ -193,3 +193,27 @@ async def test_temp_files_in_a_clients_workspace_are_removed_too(
         await asyncio.sleep(0.02)
     assert not left.exists()
     assert (await call(client, methods.STATUS))["counters"]["tempsRemoved"] == 1
+
+
+async def test_write_batches_report_progress(
+    start_server: Any, transport: str, workspace: Path
+) -> None:
+    files = [write(workspace / f"p{i}.txt", "a") for i in range(50)]
+    client = await start_server(transport, "--root", str(workspace))
+    client.progress_reports["w"] = []
+    client.progress_reports["c"] = []
+    edits = [{"filePath": str(p), "expectedHash": b3(b"a"), "startByte": 0, "endByte": 1,
+              "replacement": "b"} for p in files]  # fmt: skip
+    res = await edits_of(client, edits, workDoneToken="w")
+    assert all(r["ok"] for r in res)
+    news = [{"filePath": str(workspace / f"n{i}.txt"), "content": "n"} for i in range(20)]
+    created = await call(client, methods.CREATE_FILES, {"files": news, "workDoneToken": "c"})
+    assert all(r["ok"] for r in created["results"])
+    for token in ("w", "c"):
+        for _ in range(100):
+            reports = client.progress_reports[token]
+            if reports and reports[-1].kind == "end":
+                break
+            await asyncio.sleep(0.02)
+        kinds = [r.kind for r in reports]
+        assert kinds[0] == "begin" and kinds[-1] == "end" and "report" in kinds, kinds

@@ -163,6 +163,7 @@ class IoManager:
         atomic: bool = False,
         dry_run: bool = False,
         policy: PathPolicy | None = None,
+        progress: ProgressFn | None = None,
     ) -> list[EditResult | PlokeIoError]:
         """Apply edits, grouped by file, each file committed once (see engine/write.py).
 
@@ -216,12 +217,12 @@ class IoManager:
             _abort(results)
         elif atomic and not dry_run:
             await self._run(
-                policy, [jobs], self._atomic_worker(results, max_bytes, origin, gate), None,
+                policy, [jobs], self._atomic_worker(results, max_bytes, origin, gate), progress,
                 cancel_ok=gate.cancel,
             )  # fmt: skip
         else:
             await self._run(
-                policy, jobs, one_file, None, parallelism=WRITE_PARALLELISM,
+                policy, jobs, one_file, progress, parallelism=WRITE_PARALLELISM,
                 cancel_ok=gate.cancel if not dry_run else None,
             )  # fmt: skip
         return self._finish(results)
@@ -311,6 +312,7 @@ class IoManager:
         *,
         origin: str | None = None,
         policy: PathPolicy | None = None,
+        progress: ProgressFn | None = None,
     ) -> list[Created | PlokeIoError]:
         """Create files race-free (AlreadyExists unless ``overwrite``), durably."""
         results: list[Created | PlokeIoError | None] = [None] * len(files)
@@ -341,7 +343,7 @@ class IoManager:
                 results[i] = created
 
         await self._run(
-            policy, jobs, one, None, parallelism=WRITE_PARALLELISM, cancel_ok=gate.cancel
+            policy, jobs, one, progress, parallelism=WRITE_PARALLELISM, cancel_ok=gate.cancel
         )
         return self._finish(results)
 

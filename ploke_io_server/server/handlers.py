@@ -84,20 +84,23 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
 
     @handler(methods.WRITE_SNIPPETS)
     async def write_snippets(params: WriteSnippetsParams) -> WriteSnippetsResult:
-        results = await engine.write_snippets(
-            params.edits,
-            origin=params.origin,
-            atomic=params.atomic,
-            dry_run=params.dry_run,
-            policy=conn.session.policy,
-        )
+        with _progress(ls, params.work_done_token, "Writing files") as report:
+            results = await engine.write_snippets(
+                params.edits,
+                origin=params.origin,
+                atomic=params.atomic,
+                dry_run=params.dry_run,
+                policy=conn.session.policy,
+                progress=report,
+            )
         return WriteSnippetsResult(results)
 
     @handler(methods.CREATE_FILES)
     async def create_files(params: CreateFilesParams) -> CreateFilesResult:
-        results = await engine.create_files(
-            params.files, origin=params.origin, policy=conn.session.policy
-        )
+        with _progress(ls, params.work_done_token, "Creating files") as report:
+            results = await engine.create_files(
+                params.files, origin=params.origin, policy=conn.session.policy, progress=report
+            )
         return CreateFilesResult(results)
 
     @handler(methods.STATUS)

@@ -89,12 +89,14 @@ class WriteSnippetsParams:
     origin: str | None = None
     atomic: bool = False
     dry_run: bool = False
+    work_done_token: ProgressToken | None = None
 
 
 @attrs.frozen
 class CreateFilesParams:
     files: list[NewFile | PlokeIoError]
     origin: str | None = None
+    work_done_token: ProgressToken | None = None
 
 
 @attrs.frozen
@@ -315,13 +317,14 @@ def structure_write_snippets(value: Any, _t: Any = None) -> WriteSnippetsParams:
         _origin(obj),
         _top_flag(obj, "atomic"),
         _top_flag(obj, "dryRun"),
+        _token(obj),
     )
 
 
 def structure_create_files(value: Any, _t: Any = None) -> CreateFilesParams:
     obj = _object(value, "params")
     items = _array(obj, "files")
-    return CreateFilesParams([_new_file_item(x) for x in items], _origin(obj))
+    return CreateFilesParams([_new_file_item(x) for x in items], _origin(obj), _token(obj))
 
 
 def batch_size(params: Any) -> tuple[str, int] | None:
