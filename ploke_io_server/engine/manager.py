@@ -110,16 +110,7 @@ class IoManager:
     ) -> list[SnippetResult]:
         """Read snippets; results in input order. An input PlokeIoError passes through."""
         results: list[SnippetResult | None] = [None] * len(requests)
-        groups: dict[str, list[tuple[int, SnippetRequest]]] = {}
-        for i, req in enumerate(requests):
-            if isinstance(req, PlokeIoError):
-                results[i] = req
-            else:
-                group = groups.get(req.file_path)
-                if group is None:
-                    groups[req.file_path] = [(i, req)]
-                else:
-                    group.append((i, req))
+        groups = _group_by_path(requests, results, lambda r: r.file_path)
         max_bytes = self.config.max_file_bytes
 
         def work(resolver: Resolver, job: tuple[str, list[tuple[int, SnippetRequest]]]) -> None:
@@ -138,18 +129,13 @@ class IoManager:
     ) -> list[HashResult]:
         """Hash files; results in input order, each distinct path read once."""
         results: list[HashResult | None] = [None] * len(paths)
-        groups: dict[str, list[int]] = {}
-        for i, p in enumerate(paths):
-            if isinstance(p, PlokeIoError):
-                results[i] = p
-            else:
-                groups.setdefault(p, []).append(i)
+        groups = _group_by_path(paths, results, lambda p: p)
         max_bytes = self.config.max_file_bytes
 
-        def work(resolver: Resolver, job: tuple[str, list[int]]) -> None:
+        def work(resolver: Resolver, job: tuple[str, list[tuple[int, str]]]) -> None:
             result, n = read.hash_one(resolver, job[0], max_bytes)
             self._count_read(n)
-            for i in job[1]:
+            for i, _p in job[1]:
                 results[i] = result
 
         await self._run(policy, list(groups.items()), work, progress)
@@ -172,12 +158,7 @@ class IoManager:
         fails, no file changes. Cancelling works only until the first file is committed.
         """
         results: list[EditResult | PlokeIoError | None] = [None] * len(edits)
-        groups: dict[str, list[tuple[int, Edit]]] = {}
-        for i, e in enumerate(edits):
-            if isinstance(e, PlokeIoError):
-                results[i] = e
-            else:
-                groups.setdefault(e.file_path, []).append((i, e))
+        groups = _group_by_path(edits, results, lambda e: e.file_path)
         jobs: list[tuple[str, list[tuple[int, Edit]]]] = []
         for path, group in groups.items():
             err = write.validate_group(group)
@@ -520,6 +501,21 @@ class IoManager:
 
 
 _COUNTER_LOCK = threading.Lock()
+_I = TypeVar("_I")
+
+
+def _group_by_path(
+    items: Sequence[_I | PlokeIoError], results: list[Any], path_of: Callable[[_I], str]
+) -> dict[str, list[tuple[int, _I]]]:
+    """Group batch items by path as sent (each distinct file handled once), in first-seen
+    order; an item that is already an error goes straight to its result slot."""
+    groups: dict[str, list[tuple[int, _I]]] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, PlokeIoError):
+            results[i] = item
+        else:
+            groups.setdefault(path_of(item), []).append((i, item))
+    return groups
 
 
 class _CommitGate:

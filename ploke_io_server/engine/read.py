@@ -15,38 +15,46 @@ from ..hashing import hash_bytes
 from ..paths import OpenedFile, Resolver
 from ..types import FileHash, HashResult, Snippet, SnippetRequest, SnippetResult
 
-__all__ = ["Utf8Index", "hash_one", "read_file_bytes", "snippets_of_file"]
+__all__ = ["Utf8Index", "hash_one", "read_all", "read_file_bytes", "snippets_of_file"]
 
 
 def read_file_bytes(resolver: Resolver, path: str, max_bytes: int) -> tuple[bytes, OpenedFile]:
     """Open ``path`` under the policy and read it whole (TooLarge above ``max_bytes``)."""
     opened = resolver.open_read(path)
     try:
-        if opened.size > max_bytes:
-            raise _too_large(opened.shown, opened.size, max_bytes)
-        # Read until EOF: a read may return less than asked (FUSE, NFS, > 2 GiB), and the file
-        # may have grown since fstat. Ask for one byte more than fstat said to see EOF at once.
-        data = os.read(opened.fd, opened.size + 1)
+        return read_all(opened.fd, opened.size, max_bytes, opened.shown), opened
+    finally:
+        os.close(opened.fd)
+
+
+def read_all(fd: int, size: int, max_bytes: int, shown: str) -> bytes:
+    """Read an open file to EOF; ``size`` is what fstat said (TooLarge above ``max_bytes``).
+
+    A read may return less than asked (FUSE, NFS, > 2 GiB) and the file may have grown since
+    fstat, so this reads until EOF, asking for one byte more than ``size`` to see EOF at once.
+    """
+    if size > max_bytes:
+        raise _too_large(shown, size, max_bytes)
+    try:
+        data = os.read(fd, size + 1)
         if data and len(data) <= max_bytes:
             parts = [data]
             total = len(data)
             while True:
-                chunk = os.read(opened.fd, max(opened.size + 1 - total, 1 << 16))
+                chunk = os.read(fd, max(size + 1 - total, 1 << 16))
                 if not chunk:
                     break
                 total += len(chunk)
                 if total > max_bytes:
-                    raise _too_large(opened.shown, total, max_bytes)
+                    raise _too_large(shown, total, max_bytes)
                 parts.append(chunk)
             if len(parts) > 1:
                 data = b"".join(parts)
-        if len(data) > max_bytes:
-            raise _too_large(opened.shown, len(data), max_bytes)
-        return data, opened
     except OSError as exc:
-        raise from_os_error(exc, opened.shown) from None
-    finally:
-        os.close(opened.fd)
+        raise from_os_error(exc, shown) from None
+    if len(data) > max_bytes:
+        raise _too_large(shown, len(data), max_bytes)
+    return data
 
 
 def _too_large(shown: str, size: int, limit: int) -> PlokeIoError:

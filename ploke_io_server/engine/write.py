@@ -32,6 +32,7 @@ from ..errors import ErrorKind, PlokeIoError, from_os_error
 from ..hashing import hash_bytes
 from ..paths import Located, Resolver
 from ..types import Created, Edit, EditResult, NewFile
+from .read import read_all
 
 __all__ = [
     "TEMP_MARK",
@@ -169,16 +170,7 @@ def _read_locked(located: Located, max_bytes: int) -> tuple[bytes, os.stat_resul
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file")
-        if st.st_size > max_bytes:
-            raise PlokeIoError(
-                ErrorKind.TooLarge,
-                f"{shown}: {st.st_size} bytes exceeds the limit of {max_bytes} bytes",
-                {"size": st.st_size, "limit": max_bytes},
-            )
-        parts = []
-        while chunk := os.read(fd, max(st.st_size + 1, 1 << 16)):
-            parts.append(chunk)
-        return b"".join(parts), st
+        return read_all(fd, st.st_size, max_bytes, shown), st
     except OSError as exc:
         raise from_os_error(exc, shown) from None
     finally:

@@ -18,6 +18,7 @@ import enum
 import hmac
 import json
 import logging
+import os
 import re
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -428,7 +429,7 @@ class Connection:
                 for r in rejected:
                     warnings.append(f"ignoring workspace root {r!r}: not inside the server's roots")
             else:
-                usable = [r for r in client_roots if _is_dir(r)]
+                usable = [r for r in client_roots if os.path.isdir(r)]
                 for r in client_roots:
                     if r not in usable:
                         warnings.append(f"ignoring workspace root {r!r}: not a directory")
@@ -447,12 +448,6 @@ class Connection:
             error["data"] = data
         payload = {"jsonrpc": "2.0", "id": msg_id, "error": error}
         self.writer.write(json.dumps(payload).encode())
-
-
-def _is_dir(path: str) -> bool:
-    import os
-
-    return os.path.isdir(path)
 
 
 def _uri_to_path(uri: str) -> str | None:
