@@ -372,3 +372,22 @@ async def test_json_memo_can_be_turned_off(
         assert ok((await snippets(client, [{"filePath": str(big)}]))[0]) == "x" * 10_000
     memo = (await call(client, methods.STATUS))["counters"]["jsonCache"]
     assert memo == {"hits": 0, "misses": 0, "bytes": 0, "budget": 0}
+
+
+async def test_lone_requests_small_and_over_the_inline_limit(
+    start_server: Any, transport: str, workspace: Path
+) -> None:
+    # One request at a time: small files are served on the loop, a file over 1 MiB goes to
+    # the executor; both answer the same way, and so does a write of each.
+    small = write(workspace / "s.rs", "fn café() {}\n")
+    big_text = "é" * (1 << 20)
+    big = write(workspace / "b.rs", big_text)
+    client = await start_server(transport, "--root", str(workspace))
+    [s, b] = [(await snippets(client, [{"filePath": str(p)}]))[0] for p in (small, big)]
+    assert ok(s) == small.read_text() and ok(b) == big_text
+    for p, data in ((small, small.read_bytes()), (big, big.read_bytes())):
+        edit = {"filePath": str(p), "expectedHash": b3(data), "startByte": 0, "endByte": 2,
+                "replacement": "ü"}  # fmt: skip
+        [r] = (await call(client, methods.WRITE_SNIPPETS, {"edits": [edit]}))["results"]
+        assert r["ok"], r
+        assert p.read_bytes() == "ü".encode() + data[2:]

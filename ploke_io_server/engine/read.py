@@ -6,16 +6,45 @@ once, and every snippet of the batch that names it is cut from that one copy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from ..errors import ErrorKind, PlokeIoError, from_os_error
 from ..hashing import hash_bytes
 from ..paths import OpenedFile, Resolver
 from ..types import FileHash, HashResult, Snippet, SnippetRequest, SnippetResult
 
-__all__ = ["Utf8Index", "hash_one", "read_all", "read_file_bytes", "snippets_of_file"]
+__all__ = [
+    "INLINE_MAX_BYTES",
+    "Offload",
+    "Utf8Index",
+    "hash_one",
+    "inline_mode",
+    "read_all",
+    "read_file_bytes",
+    "snippets_of_file",
+]
+
+INLINE_MAX_BYTES = 1 << 20
+"""Largest file a job run on the event loop's thread may read (see ``IoManager._run``)."""
+
+_local = threading.local()
+
+
+class Offload(Exception):
+    """Raised by :func:`read_all` in inline mode for a file too big to read on the loop."""
+
+
+@contextlib.contextmanager
+def inline_mode() -> Iterator[None]:
+    """Within this context, on this thread, :func:`read_all` refuses big files (Offload)."""
+    _local.inline = True
+    try:
+        yield
+    finally:
+        _local.inline = False
 
 
 def read_file_bytes(resolver: Resolver, path: str, max_bytes: int) -> tuple[bytes, OpenedFile]:
@@ -35,6 +64,8 @@ def read_all(fd: int, size: int, max_bytes: int, shown: str) -> bytes:
     """
     if size > max_bytes:
         raise _too_large(shown, size, max_bytes)
+    if size > INLINE_MAX_BYTES and getattr(_local, "inline", False):
+        raise Offload
     try:
         data = os.read(fd, size + 1)
         if data and len(data) <= max_bytes:

@@ -30,10 +30,9 @@ from pygls.exceptions import JsonRpcException
 
 from ..config import ConfigError, SymlinkPolicy
 from ..engine import IoManager
-from ..methods import PLOKE_REQUESTS
 from ..paths import PathPolicy
 from .framing import FrameWriter, Sink
-from .handlers import register_handlers
+from .handlers import Handler, register_handlers
 from .models import REQUEST_TYPES, EscapeMemo, ParamsError, batch_size, parse_init_options
 from .protocol import PlokeLanguageServer
 
@@ -47,6 +46,7 @@ METHOD_NOT_FOUND = -32601
 INTERNAL_ERROR = -32603
 INVALID_PARAMS = -32602
 SERVER_NOT_INITIALIZED = -32002
+REQUEST_CANCELLED = -32800
 
 MAX_INFLIGHT = 256
 """Requests one connection may have running at once; beyond, it is not read further."""
@@ -113,7 +113,9 @@ class Connection:
         self._closing = False
         self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._auth_deadline = asyncio.get_running_loop().time() + self.config.auth_timeout_s
-        register_handlers(self.server, self)
+        self.handlers = register_handlers(self.server, self)
+        self.requests: dict[int | str, asyncio.Task[None]] = {}
+        """``ploke/*`` requests running, by id (for ``$/cancelRequest``)."""
 
     def _preauth(self) -> bool:
         return self.auth_token is not None and self.state is State.NEW
@@ -303,11 +305,73 @@ class Connection:
             return None
         if method == lsp.SHUTDOWN and has_id:
             self.state = State.SHUTDOWN
-        if method in PLOKE_REQUESTS and not has_id:
-            log.warning("%s: ignoring %s sent as a notification", self.name, method)
+        handler = self.handlers.get(method)
+        if handler is not None:
+            if has_id:
+                assert msg_id is not None
+                self._start(method, msg_id, handler, data.get("params"))
+            else:
+                log.warning("%s: ignoring %s sent as a notification", self.name, method)
+            return None
+        if method == lsp.CANCEL_REQUEST and not has_id and self._cancel(data.get("params")):
             return None
         self._pass_to_pygls(data, msg_id if has_id else None)
         return None
+
+    # -- ploke/* requests ------------------------------------------------------------------------
+
+    def _start(self, method: str, msg_id: int | str, handler: Handler, raw: Any) -> None:
+        """Structure the params and run the handler in a task of its own."""
+        try:
+            params = self._ploke_params(method, raw)
+        except ParamsError as exc:
+            self.send_error(msg_id, INVALID_PARAMS, f"invalid params: {exc}")
+            return
+        self.engine.counters.requests[method] += 1
+        self.engine.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._serve(msg_id, handler, params))
+        self.requests[msg_id] = task
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
+    async def _serve(self, msg_id: int | str, handler: Handler, params: Any) -> None:
+        try:
+            result = await handler(params)
+        except asyncio.CancelledError:
+            self.send_error(msg_id, REQUEST_CANCELLED, f'Request with id "{msg_id}" is canceled')
+        except JsonRpcException as exc:
+            self.send_error(msg_id, exc.code, exc.message or "request failed")
+        except Exception as exc:
+            log.exception("%s: request %r failed", self.name, msg_id)
+            self.send_error(msg_id, INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            self.protocol.send_result(msg_id, result)
+        finally:
+            self.engine.in_flight -= 1
+            if self.requests.get(msg_id) is asyncio.current_task():
+                del self.requests[msg_id]
+
+    def _cancel(self, params: Any) -> bool:
+        """``$/cancelRequest`` for a running ``ploke/*`` request: True if it was one."""
+        target = params.get("id") if isinstance(params, dict) else None
+        if not isinstance(target, int | str) or isinstance(target, bool):
+            return False
+        task = self.requests.get(target)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    def _ploke_params(self, method: str, raw: Any) -> Any:
+        params = REQUEST_TYPES[method][1](raw)
+        batch = batch_size(params)
+        if batch is not None and batch[1] > self.config.max_batch_items:
+            raise ParamsError(
+                batch[0],
+                f"batch of {batch[1]} items exceeds the limit of "
+                f"{self.config.max_batch_items} (--max-batch-items); split the request",
+            )
+        return params
 
     def _pass_to_pygls(self, data: dict[str, Any], msg_id: Any) -> None:
         """Structure a message with its typed model and let pygls dispatch it."""
@@ -340,17 +404,6 @@ class Connection:
                 self.send_error(msg_id, INTERNAL_ERROR, "internal error while dispatching")
 
     def _structure(self, data: dict[str, Any], method: str, msg_id: Any) -> Any:
-        entry = REQUEST_TYPES.get(method)
-        if entry is not None and msg_id is not None:
-            params = entry[1](data.get("params"))
-            batch = batch_size(params)
-            if batch is not None and batch[1] > self.config.max_batch_items:
-                raise ParamsError(
-                    batch[0],
-                    f"batch of {batch[1]} items exceeds the limit of "
-                    f"{self.config.max_batch_items} (--max-batch-items); split the request",
-                )
-            return entry[0](id=msg_id, params=params)
         message_type = self.protocol.get_message_type(method)
         if message_type is None:
             if msg_id is not None:

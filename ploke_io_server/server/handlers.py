@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,32 +36,26 @@ _P = TypeVar("_P")
 _R = TypeVar("_R")
 
 
-def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
-    """Register every ``ploke/*`` method of one connection."""
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> dict[str, Handler]:
+    """The ``ploke/*`` handlers of one connection, by method (``shutdown`` goes to pygls).
+
+    The connection dispatches ``ploke/*`` requests itself (see ``Connection._start``): one task
+    per request, no detour through pygls's generic handler machinery.
+    """
     engine = conn.engine
+    table: dict[str, Handler] = {}
 
-    def handler(
-        method: str,
-    ) -> Callable[[Callable[[_P], Awaitable[_R]]], Callable[[_P], Awaitable[_R]]]:
-        """Register ``method``; count each request and keep its task in ``conn.inflight``.
+    def alone() -> bool:
+        """This request is the only one the server has running: it may run on the loop."""
+        return engine.in_flight == 1
 
-        The task starts before the connection reads its next frame (asyncio runs ready
-        callbacks in order), and leaves the set in a done-callback registered after pygls's
-        own, so by the time it is gone its response has been written: exit/EOF wait for it.
-        """
-
-        def register(fn: Callable[[_P], Awaitable[_R]]) -> Callable[[_P], Awaitable[_R]]:
-            @functools.wraps(fn)
-            async def wrapper(params: _P) -> _R:
-                task = asyncio.current_task()
-                assert task is not None
-                conn.inflight.add(task)
-                task.add_done_callback(conn.inflight.discard)
-                engine.counters.requests[method] += 1
-                return await fn(params)
-
-            ls.feature(method)(wrapper)
-            return wrapper
+    def handler(method: str) -> Callable[[Callable[[_P], Awaitable[_R]]], Handler]:
+        def register(fn: Callable[[_P], Awaitable[_R]]) -> Handler:
+            table[method] = fn
+            return fn
 
         return register
 
@@ -70,7 +63,7 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
     async def get_snippets(params: GetSnippetsParams) -> GetSnippetsResult:
         with _progress(ls, params.work_done_token, "Reading snippets") as report:
             results = await engine.get_snippets(
-                params.snippets, policy=conn.session.policy, progress=report
+                params.snippets, policy=conn.session.policy, progress=report, inline=alone()
             )
         return GetSnippetsResult(results)
 
@@ -78,7 +71,7 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
     async def hash_files(params: HashFilesParams) -> HashFilesResult:
         with _progress(ls, params.work_done_token, "Hashing files") as report:
             results = await engine.hash_files(
-                params.paths, policy=conn.session.policy, progress=report
+                params.paths, policy=conn.session.policy, progress=report, inline=alone()
             )
         return HashFilesResult(results)
 
@@ -92,6 +85,7 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
                 dry_run=params.dry_run,
                 policy=conn.session.policy,
                 progress=report,
+                inline=alone(),
             )
         return WriteSnippetsResult(results)
 
@@ -99,7 +93,11 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
     async def create_files(params: CreateFilesParams) -> CreateFilesResult:
         with _progress(ls, params.work_done_token, "Creating files") as report:
             results = await engine.create_files(
-                params.files, origin=params.origin, policy=conn.session.policy, progress=report
+                params.files,
+                origin=params.origin,
+                policy=conn.session.policy,
+                progress=report,
+                inline=alone(),
             )
         return CreateFilesResult(results)
 
@@ -123,13 +121,20 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> None:
             counters=s["counters"],
         )
 
-    @handler(lsp.SHUTDOWN)
+    @ls.feature(lsp.SHUTDOWN)
     async def shutdown(params: Any) -> None:
-        # Requests of this connection still running (writes above all) finish first.
+        # Requests of this connection still running (writes above all) finish first; EOF or
+        # exit right after waits for this answer too.
         me = asyncio.current_task()
+        assert me is not None
+        engine.counters.requests[lsp.SHUTDOWN] += 1
         others = [t for t in conn.inflight if t is not me]
+        conn.inflight.add(me)
+        me.add_done_callback(conn.inflight.discard)
         if others:
             await asyncio.gather(*others, return_exceptions=True)
+
+    return table
 
 
 @contextlib.contextmanager

@@ -51,6 +51,10 @@ class PlokeProtocol(LanguageServerProtocol):
             return obj.value
         return obj.__dict__
 
+    def send_result(self, msg_id: Any, result: Any) -> None:
+        """Answer request ``msg_id`` with ``result`` (the path of every ``ploke/*`` answer)."""
+        self._send_data(JsonRPCResponseMessage(id=msg_id, result=result, jsonrpc="2.0"))
+
     def _send_data(self, data: Any) -> None:
         writer = self.frame_writer
         if not data or writer is None:
