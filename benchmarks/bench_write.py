@@ -3,6 +3,9 @@
 (a) 200 sequential single-edit writes, one request each, awaited one after the other, against
     - floor: a plain in-process Python loop doing the same durable steps (read, BLAKE3, verify,
       splice, temp file, write, fsync, rename, directory fsync) with no RPC at all;
+    - the RPC floor (rpc_floor_server.py): those same steps in a blocking stdin/stdout loop,
+      driven by the same client, i.e. the floor plus the cheapest possible process boundary
+      (no path policy, locks, concurrency or error model);
     - the MCP filesystem server's ``edit_file`` on a copy of the same files (it does not fsync).
 (b) the same 200 edits as ONE batch request (files committed in parallel, fsyncs overlapped)
     against (a)'s 200 sequential requests.
@@ -83,15 +86,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     batch_root = os.path.join(base, "batch")
     floor_root = os.path.join(base, "floor")
     mcp_root = os.path.join(base, "mcp")
-    sets = {r: make_files(r, args.files) for r in (ours_root, batch_root, floor_root, mcp_root)}
-    gens = dict.fromkeys((ours_root, batch_root, floor_root, mcp_root), 0)
+    rpc_root = os.path.join(base, "rpc-floor")
+    roots = (ours_root, batch_root, floor_root, mcp_root, rpc_root)
+    sets = {r: make_files(r, args.files) for r in roots}
+    gens = dict.fromkeys(roots, 0)
     use_mcp = not args.no_mcp and ensure_mcp()
     ours = await PlokeClient.spawn(root=base)
+    rpc_floor = await PlokeClient.spawn(
+        command=[sys.executable, os.path.join(HERE, "rpc_floor_server.py")]
+    )
     mcp = await McpClient.start(mcp_root) if use_mcp else None
 
     def hash_of(path: str) -> str:
         with open(path, "rb") as f:
             return blake3(f.read()).hexdigest()
+
+    # What a client knows after each write: the newHash of its answer (no re-read needed).
+    known = {p: hash_of(p) for r in (ours_root, batch_root, rpc_root) for p in sets[r]}
 
     async def run_floor() -> None:
         g = gens[floor_root]
@@ -105,20 +116,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for p in sets[ours_root]:
             old, new, start = value_edit(p, g)
             [r] = await ours.write_snippets([{
-                "filePath": p, "expectedHash": hash_of(p), "startByte": start,
+                "filePath": p, "expectedHash": known[p], "startByte": start,
                 "endByte": start + len(old.encode()), "replacement": new}])  # fmt: skip
             assert r["ok"], r
+            known[p] = r["newHash"]
         gens[ours_root] = g + 1
+
+    async def run_rpc_floor() -> None:
+        g = gens[rpc_root]
+        for p in sets[rpc_root]:
+            old, new, start = value_edit(p, g)
+            [r] = await rpc_floor.write_snippets([{
+                "filePath": p, "expectedHash": known[p], "startByte": start,
+                "endByte": start + len(old.encode()), "replacement": new}])  # fmt: skip
+            assert r["ok"], r
+            known[p] = r["newHash"]
+        gens[rpc_root] = g + 1
 
     async def run_ours_batch() -> None:
         g = gens[batch_root]
         edits = []
         for p in sets[batch_root]:
             old, new, start = value_edit(p, g)
-            edits.append({"filePath": p, "expectedHash": hash_of(p), "startByte": start,
+            edits.append({"filePath": p, "expectedHash": known[p], "startByte": start,
                           "endByte": start + len(old.encode()), "replacement": new})  # fmt: skip
         results = await ours.write_snippets(edits)
         assert all(r["ok"] for r in results), results[:2]
+        for e, r in zip(edits, results, strict=True):
+            known[e["filePath"]] = r["newHash"]
         gens[batch_root] = g + 1
 
     async def run_mcp() -> None:
@@ -133,6 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     contenders = {
         "floor (in-process, durable)": run_floor,
+        "RPC floor, 200 requests": run_rpc_floor,
         "ploke-io-server, 200 requests": run_ours_sequential,
         "ploke-io-server, 1 batch": run_ours_batch,
     }
@@ -147,6 +173,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await fn()
             times[name].append(time.perf_counter() - t0)
     await ours.close()
+    await rpc_floor.close()
     if mcp is not None:
         await mcp.close()
 

@@ -88,6 +88,7 @@ class IoManager:
         self.counters = Counters()
         self.utf8 = read.Utf8Index()
         self.locks = write.FileLocks()
+        self.dirs = write.DirSync()
         self.root_fds = RootCache()
         self.origins: collections.OrderedDict[tuple[int, int, str], str] = collections.OrderedDict()
         """The origin of the last write to each directory entry (for the watcher)."""
@@ -172,6 +173,9 @@ class IoManager:
             else:
                 for i, _e in group:
                     results[i] = err
+        # Files of one directory side by side: their renames land close together in time, so
+        # one directory fsync covers several of them (DirSync group commit).
+        jobs.sort(key=lambda job: os.path.dirname(job[0]))
         max_bytes = self.config.max_file_bytes
         gate = _CommitGate()
         inline = (
@@ -193,7 +197,7 @@ class IoManager:
                             if not gate.may_commit():
                                 write.discard(prepared)
                                 return
-                            write.commit(prepared)
+                            write.commit(prepared, self.dirs)
                             self._note_write(located, origin, prepared.new_size)
                 finally:
                     os.close(located.dir_fd)
@@ -273,29 +277,50 @@ class IoManager:
                         _abort(results)
                         return
                     # The window: every file is checked and its temp file is durable; only
-                    # renames remain, one directory fsync after each.
+                    # the renames remain, back to back, then one fsync per directory.
                     for n, p in enumerate(prepared):
                         try:
-                            write.commit(p)
+                            write.rename_into_place(p)
                         except PlokeIoError as err:
                             for i, _r in p.results:
                                 results[i] = err
                             for rest in prepared[n + 1 :]:
                                 write.discard(rest)
+                            self._sync_renamed(prepared[:n], keys, results, origin)
                             _abort(
                                 results,
                                 "a rename of this atomic batch failed after "
                                 f"{n} file(s) were committed; this file was not changed",
                             )
                             return
-                        self._note_write(p.located, origin, p.new_size)
-                        for i, r in p.results:
-                            results[i] = r
+                    self._sync_renamed(prepared, keys, results, origin)
             finally:
                 for loc, _g in located:
                     os.close(loc.dir_fd)
 
         return run
+
+    def _sync_renamed(
+        self,
+        renamed: list[write.PreparedFile],
+        keys: list[tuple[int, int, str]],
+        results: list[EditResult | PlokeIoError | None],
+        origin: str | None,
+    ) -> None:
+        """Make renamed files durable, one fsync per directory; fill in their results."""
+        synced: dict[tuple[int, int], PlokeIoError | None] = {}
+        for p, key in zip(renamed, keys, strict=False):
+            dir_key = key[:2]
+            if dir_key not in synced:
+                try:
+                    self.dirs.sync(p.located)
+                    synced[dir_key] = None
+                except PlokeIoError as err:
+                    synced[dir_key] = err
+            self._note_write(p.located, origin, p.new_size)
+            failure = synced[dir_key]
+            for i, r in p.results:
+                results[i] = r if failure is None else failure
 
     async def create_files(
         self,
@@ -324,6 +349,7 @@ class IoManager:
                     resolver,
                     new,
                     self.locks,
+                    self.dirs,
                     max_bytes,
                     gate.may_commit,
                     lambda located, size: self._note_write(located, origin, size, created=True),
