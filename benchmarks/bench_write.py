@@ -10,6 +10,9 @@
 (b) the same 200 edits as ONE batch request (files committed in parallel, fsyncs overlapped)
     against (a)'s 200 sequential requests.
 
+Each round runs every contender once, in an order that rotates from round to round (see
+below); ratios are medians of per-round ratios.
+
 Usage: python benchmarks/bench_write.py [--files 200] [--repeat 5] [--no-mcp] [--json OUT]
 """
 
@@ -167,8 +170,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():
         await fn()  # warm-up
-    for _ in range(args.repeat):
-        for name, fn in contenders.items():
+    # The order rotates every round: on ext4, creating a file costs more right after many
+    # files were deleted (the inode allocator skips recently deleted inodes, measured with
+    # perf: ext4_create -> recently_deleted), so whoever runs after a contender pays for its
+    # churn. Rotating gives each contender every position equally.
+    names = list(contenders)
+    for round_no in range(args.repeat):
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = contenders[name]
             t0 = time.perf_counter()
             await fn()
             times[name].append(time.perf_counter() - t0)

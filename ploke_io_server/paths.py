@@ -308,8 +308,15 @@ class Resolver:
 
         ``final`` raises :class:`_FollowLink` when the last component is a symlink; the walk
         then follows it (if the policy allows) and calls ``final`` again on the target.
+        Any OS error on the way (EMFILE, EIO, ENOSPC of a ``mkdir``...) is an item error.
         """
         check_path_string(path)
+        try:
+            return self._walk(path, final)
+        except OSError as exc:
+            raise from_os_error(exc, self.shown(path)) from None
+
+    def _walk(self, path: str, final: Callable[[int, str, str], T]) -> T:
         if "//" in path or "/./" in path or path.endswith("/."):
             # POSIX: repeated slashes and "." components change nothing; fold them so the root
             # prefix matches however the client spelled it. ".." is left to the walk.

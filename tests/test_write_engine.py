@@ -347,3 +347,33 @@ async def test_long_multibyte_names_can_be_edited_and_created(engine: IoManager)
     [c] = await engine.create_files([NewFile(str(root_of(engine) / ("ü" * 125)), "z")])
     assert isinstance(c, Created)
     assert temps(root_of(engine)) == []
+
+
+async def test_running_out_of_descriptors_is_an_item_error_not_a_crash(engine: IoManager) -> None:
+    # A real EMFILE: the soft limit is lowered to just above what the process has open, and
+    # raised one descriptor at a time, so that each step of walking, creating the parents
+    # (mkdir, fsync of the parent) and committing runs out of descriptors in turn.
+    import resource
+
+    f = write(root_of(engine) / "a.txt", "x")
+    await engine.hash_files([str(f)])  # executor threads and the root descriptor exist now
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    outcomes: set[str] = set()
+    for extra in range(12):
+        deep = root_of(engine) / f"n{extra}" / "a" / "b" / "f.txt"
+        in_use = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + extra, hard))
+        try:
+            [r] = await engine.create_files([NewFile(str(deep), "y", create_parents=True)])
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if isinstance(r, Created):
+            outcomes.add("created")
+            assert deep.read_text() == "y"
+        else:
+            err = failed(r, ErrorKind.Io)
+            assert "too many open files" in err.message
+            assert str(root_of(engine)) not in err.message
+            outcomes.add("emfile")
+    assert outcomes == {"created", "emfile"}
+    assert temps(root_of(engine)) == []

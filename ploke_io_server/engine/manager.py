@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import attrs
 
 from ..config import Config
-from ..errors import ErrorKind, PlokeIoError
+from ..errors import ErrorKind, PlokeIoError, from_os_error
 from ..paths import Located, PathPolicy, Resolver, RootCache
 from ..types import (
     Created,
@@ -201,7 +201,8 @@ class IoManager:
                             self._note_write(located, origin, prepared.new_size)
                 finally:
                     os.close(located.dir_fd)
-            except PlokeIoError as err:
+            except (PlokeIoError, OSError) as exc:
+                err = _item_error(exc, resolver, path)
                 for i, _e in group:
                     results[i] = err
                 return
@@ -354,8 +355,8 @@ class IoManager:
                     gate.may_commit,
                     lambda located, size: self._note_write(located, origin, size, created=True),
                 )
-            except PlokeIoError as err:
-                results[i] = err
+            except (PlokeIoError, OSError) as exc:
+                results[i] = _item_error(exc, resolver, new.file_path)
                 return
             if created is not None:
                 results[i] = created
@@ -598,6 +599,13 @@ class _CommitGate:
                 return False
             self._cancelled = True
             return True
+
+
+def _item_error(exc: PlokeIoError | OSError, resolver: Resolver, path: str) -> PlokeIoError:
+    """An item's error: a PlokeIoError as it is, a stray OS error (EMFILE...) as its kind."""
+    if isinstance(exc, PlokeIoError):
+        return exc
+    return from_os_error(exc, resolver.shown(path))
 
 
 def _fail(results: list[Any], group: Sequence[tuple[int, Edit]], err: PlokeIoError) -> bool:

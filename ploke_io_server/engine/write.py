@@ -117,7 +117,10 @@ class FileLocks:
 
 
 def lock_key(located: Located) -> tuple[int, int, str]:
-    st = os.fstat(located.dir_fd)
+    try:
+        st = os.fstat(located.dir_fd)
+    except OSError as exc:
+        raise from_os_error(exc, located.shown) from None
     return (st.st_dev, st.st_ino, located.name)
 
 
