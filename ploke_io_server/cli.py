@@ -18,6 +18,8 @@ from .config import (
     DEFAULT_MAX_BATCH_ITEMS,
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_STAT_CACHE_BYTES,
+    DEFAULT_STAT_CACHE_ENTRIES,
     FD_LIMIT_ENV,
     Config,
     ConfigError,
@@ -92,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_JSON_CACHE_BYTES}; 0 = off)",
     )
     p.add_argument(
+        "--stat-cache-entries",
+        type=int,
+        default=None,
+        metavar="N",
+        help="files whose hash is remembered by (device, inode, size, mtime, ctime), so that "
+        f"an unchanged file is confirmed without a read (default {DEFAULT_STAT_CACHE_ENTRIES}; "
+        "0 = off)",
+    )
+    p.add_argument(
+        "--stat-cache-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"memory budget of that cache (default {DEFAULT_STAT_CACHE_BYTES}); the smaller "
+        "bound wins",
+    )
+    p.add_argument(
         "--debounce-ms",
         type=int,
         default=None,
@@ -151,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_message_bytes=args.max_message_bytes,
             auth_timeout_s=args.auth_timeout,
             json_cache_bytes=args.json_cache_bytes,
+            stat_cache_entries=args.stat_cache_entries,
+            stat_cache_bytes=args.stat_cache_bytes,
             debounce_ms=args.debounce_ms,
             watch=args.watch,
         )

@@ -172,6 +172,13 @@ class PlokeClient:
         result = await self.request(methods.HASH_FILES, {"paths": list(paths), **extra})
         return list(result["results"])
 
+    async def scan_changes(
+        self, files: Sequence[Mapping[str, Any]], **extra: Any
+    ) -> list[dict[str, Any]]:
+        """``files``: ``{"filePath", "fileHash"}`` each; results in input order."""
+        result = await self.request(methods.SCAN_CHANGES, {"files": list(files), **extra})
+        return list(result["results"])
+
     async def write_snippets(
         self,
         edits: Sequence[Mapping[str, Any]],

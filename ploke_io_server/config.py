@@ -22,6 +22,8 @@ __all__ = [
     "DEFAULT_MAX_BATCH_ITEMS",
     "DEFAULT_MAX_FILE_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_STAT_CACHE_BYTES",
+    "DEFAULT_STAT_CACHE_ENTRIES",
     "FD_LIMIT_ENV",
     "FD_LIMIT_MAX",
     "FD_LIMIT_MIN",
@@ -45,6 +47,8 @@ DEFAULT_MAX_BATCH_ITEMS = 100_000
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_AUTH_TIMEOUT_S = 30.0
 DEFAULT_JSON_CACHE_BYTES = 32 * 1024 * 1024
+DEFAULT_STAT_CACHE_ENTRIES = 262_144
+DEFAULT_STAT_CACHE_BYTES = 64 * 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -142,6 +146,10 @@ class Config:
     """Time a TCP client has, from connecting, to send a valid initialize (token auth)."""
     json_cache_bytes: int = DEFAULT_JSON_CACHE_BYTES
     """Budget of the memo of whole-file texts in JSON form, keyed by content hash (0: off)."""
+    stat_cache_entries: int = DEFAULT_STAT_CACHE_ENTRIES
+    """Most entries of the stat cache (0: off)."""
+    stat_cache_bytes: int = DEFAULT_STAT_CACHE_BYTES
+    """Memory budget of the stat cache (estimated per entry); the smaller bound wins."""
     roots_from_cli: bool = True
     """False when the roots are the current-directory default, which a client may replace."""
     symlink_policy_from_cli: bool = False
@@ -161,6 +169,8 @@ class Config:
         max_message_bytes: int | None = None,
         auth_timeout_s: float | None = None,
         json_cache_bytes: int | None = None,
+        stat_cache_entries: int | None = None,
+        stat_cache_bytes: int | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
     ) -> Config:
@@ -176,6 +186,10 @@ class Config:
             raise ConfigError("--max-batch-items must be at least 1")
         if json_cache_bytes is not None and json_cache_bytes < 0:
             raise ConfigError("--json-cache-bytes must not be negative")
+        if stat_cache_entries is not None and stat_cache_entries < 0:
+            raise ConfigError("--stat-cache-entries must not be negative")
+        if stat_cache_bytes is not None and stat_cache_bytes < 0:
+            raise ConfigError("--stat-cache-bytes must not be negative")
         if auth_timeout_s is not None and auth_timeout_s <= 0:
             raise ConfigError("--auth-timeout must be positive")
         if max_message_bytes is not None and max_message_bytes < 1024:
@@ -195,6 +209,12 @@ class Config:
             json_cache_bytes=DEFAULT_JSON_CACHE_BYTES
             if json_cache_bytes is None
             else json_cache_bytes,
+            stat_cache_entries=DEFAULT_STAT_CACHE_ENTRIES
+            if stat_cache_entries is None
+            else stat_cache_entries,
+            stat_cache_bytes=DEFAULT_STAT_CACHE_BYTES
+            if stat_cache_bytes is None
+            else stat_cache_bytes,
             roots_from_cli=bool(given),
             symlink_policy_from_cli=bool(symlink_policy),
         )

@@ -258,6 +258,10 @@ class Resolver:
         """Open a regular file for reading (O_NOFOLLOW, non-blocking for FIFOs)."""
         return self.walk(path, _open_regular)
 
+    def stat(self, path: str) -> os.stat_result:
+        """The stat of a regular file (symlinks followed under the policy), without opening it."""
+        return self.walk(path, _stat_regular)
+
     def locate(self, path: str, *, follow_last: bool = True) -> Located:
         """Resolve ``path`` to its directory (a descriptor the caller closes) and name.
 
@@ -287,6 +291,9 @@ class Resolver:
                     return final(dir_fd, name, shown)
                 raise from_os_error(exc, shown) from None
 
+        matched = self.policy.match(path) if isinstance(path, str) else None
+        if matched is not None and not matched[1]:  # a root itself
+            return _dup(self._root_fd(matched[0], "."), ".")
         try:
             return self.walk(path, final)
         except PlokeIoError as err:
@@ -567,6 +574,18 @@ def _locate_nofollow(dir_fd: int, name: str, shown: str) -> Located:
     except _FollowLink:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         return Located(_dup(dir_fd, shown), name, shown, st)
+
+
+def _stat_regular(dir_fd: int, name: str, shown: str) -> os.stat_result:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        raise from_os_error(exc, shown) from None
+    if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISLNK(st.st_mode):
+            raise _FollowLink
+        raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file")
+    return st
 
 
 def _open_regular(dir_fd: int, name: str, shown: str) -> OpenedFile:

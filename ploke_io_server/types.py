@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 
 import attrs
@@ -108,8 +109,34 @@ class Created:
     file_hash: str
 
 
+@attrs.define(slots=True)
+class ScanRequest:
+    """A file the client knows with ``file_hash``: has it changed?"""
+
+    file_path: str
+    file_hash: str
+
+
+class ScanStatus(enum.Enum):
+    UNCHANGED = "unchanged"
+    MODIFIED = "modified"
+    REMOVED = "removed"
+
+
+@attrs.frozen
+class Scanned:
+    """What a scan found: ``new_hash`` is set for ``modified``."""
+
+    status: ScanStatus
+    new_hash: str | None = None
+
+
+UNCHANGED = Scanned(ScanStatus.UNCHANGED)
+REMOVED = Scanned(ScanStatus.REMOVED)
+
 SnippetResult = Snippet | PlokeIoError
 HashResult = FileHash | PlokeIoError
+ScanResult = Scanned | PlokeIoError
 
 ProgressFn = Callable[[int, int], None]
 """Called on the event loop with (files done, files in total)."""

@@ -29,10 +29,13 @@ from ..types import (
     HashResult,
     NewFile,
     ProgressFn,
+    ScanRequest,
+    ScanResult,
     SnippetRequest,
     SnippetResult,
 )
 from . import read, write
+from .statcache import StatCache
 
 __all__ = ["BATCH_PARALLELISM", "Counters", "IoManager"]
 
@@ -89,6 +92,7 @@ class IoManager:
         self.utf8 = read.Utf8Index()
         self.locks = write.FileLocks()
         self.dirs = write.DirSync()
+        self.stat_cache = StatCache(config.stat_cache_entries, config.stat_cache_bytes)
         self.root_fds = RootCache()
         self.origins: collections.OrderedDict[tuple[int, int, str], str] = collections.OrderedDict()
         """The origin of the last write to each directory entry (for the watcher)."""
@@ -118,7 +122,9 @@ class IoManager:
         max_bytes = self.config.max_file_bytes
 
         def work(resolver: Resolver, job: tuple[str, list[tuple[int, SnippetRequest]]]) -> None:
-            n = read.snippets_of_file(resolver, job[0], job[1], results, max_bytes, self.utf8)
+            n = read.snippets_of_file(
+                resolver, job[0], job[1], results, max_bytes, self.utf8, self.stat_cache
+            )
             self._count_read(n)
 
         await self._run(policy, list(groups.items()), work, progress, inline=inline)
@@ -138,12 +144,63 @@ class IoManager:
         max_bytes = self.config.max_file_bytes
 
         def work(resolver: Resolver, job: tuple[str, list[tuple[int, str]]]) -> None:
-            result, n = read.hash_one(resolver, job[0], max_bytes)
+            result, n = read.hash_one(resolver, job[0], max_bytes, self.stat_cache)
             self._count_read(n)
             for i, _p in job[1]:
                 results[i] = result
 
         await self._run(policy, list(groups.items()), work, progress, inline=inline)
+        return self._finish(results)
+
+    async def scan_changes(
+        self,
+        files: Sequence[ScanRequest | PlokeIoError],
+        *,
+        policy: PathPolicy | None = None,
+        progress: ProgressFn | None = None,
+        inline: bool = False,
+    ) -> list[ScanResult]:
+        """Which files changed since the client hashed them: results in input order.
+
+        A file whose stat matches a trusted stat-cache entry is not read. A file that no
+        longer exists (or can no longer be reached) is ``removed``; every other problem is
+        that item's error. Each distinct (path, hash) is looked at once.
+        """
+        results: list[ScanResult | None] = [None] * len(files)
+        groups = _group_by_path(files, results, lambda r: r.file_path)
+        max_bytes = self.config.max_file_bytes
+        cache = self.stat_cache
+        # Plain names go to their directory's job (resolved once, then one fstatat per file);
+        # anything else (relative, "." or "..", "//", trailing "/", NUL) takes the general route.
+        by_dir: dict[str, list[tuple[str, str, read.ScanGroup]]] = {}
+        singles: list[tuple[str, read.ScanGroup]] = []
+        for path, group in groups.items():
+            directory, _sep, name = path.rpartition("/")
+            if (
+                path.startswith("/")
+                and name not in ("", ".", "..")
+                and "\x00" not in path
+                and "//" not in path
+                and "/./" not in path
+                and "/../" not in path
+            ):
+                by_dir.setdefault(directory or "/", []).append((name, path, group))
+            else:
+                singles.append((path, group))
+        jobs: list[tuple[str, Any, bool]] = [(d, e, True) for d, e in by_dir.items()]
+        jobs += [(p, g, False) for p, g in singles]
+
+        def work(resolver: Resolver, job: tuple[str, Any, bool]) -> None:
+            key, entries, is_directory = job
+            if is_directory:
+                n, nbytes = read.scan_directory(resolver, key, entries, results, max_bytes, cache)
+                self._count_reads(n, nbytes)
+                return
+            found, nread = read.scan_one(resolver, entries[0][1], max_bytes, cache)
+            self._count_read(nread)
+            read.fill_scan(results, entries, found)
+
+        await self._run(policy, jobs, work, progress, inline=inline)
         return self._finish(results)
 
     async def write_snippets(
@@ -371,6 +428,8 @@ class IoManager:
     def _note_write(
         self, located: Located, origin: str | None, size: int, *, created: bool = False
     ) -> None:
+        if located.st is not None:
+            self.stat_cache.invalidate(located.st)
         with _COUNTER_LOCK:
             if created:
                 self.counters.files_created += 1
@@ -393,7 +452,7 @@ class IoManager:
             "symlinkPolicy": policy.symlink_policy.value,
             "fdLimit": self.config.fd_limit,
             "maxFileBytes": self.config.max_file_bytes,
-            "counters": self.counters.snapshot(),
+            "counters": {**self.counters.snapshot(), "statCache": self.stat_cache.snapshot()},
         }
 
     async def start(self) -> None:
@@ -452,6 +511,12 @@ class IoManager:
                 errors[r.kind.name] += 1
             out.append(r)
         return out
+
+    def _count_reads(self, files: int, nbytes: int) -> None:
+        if files:
+            with _COUNTER_LOCK:
+                self.counters.files_read += files
+                self.counters.bytes_read += nbytes
 
     def _count_read(self, nbytes: int | None) -> None:
         # Counters are updated from worker threads; int += under the GIL can interleave, so

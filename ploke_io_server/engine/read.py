@@ -7,23 +7,45 @@ once, and every snippet of the batch that names it is cut from that one copy.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from stat import S_ISLNK, S_ISREG
+from typing import Any
 
 from ..errors import ErrorKind, PlokeIoError, from_os_error
 from ..hashing import hash_bytes
 from ..paths import OpenedFile, Resolver
-from ..types import FileHash, HashResult, Snippet, SnippetRequest, SnippetResult
+from ..types import (
+    REMOVED,
+    UNCHANGED,
+    FileHash,
+    HashResult,
+    Scanned,
+    ScanRequest,
+    ScanResult,
+    ScanStatus,
+    Snippet,
+    SnippetRequest,
+    SnippetResult,
+)
+from .statcache import StatCache
 
 __all__ = [
     "INLINE_MAX_BYTES",
     "Offload",
     "Utf8Index",
+    "compare",
+    "current_hash",
+    "fill_scan",
     "hash_one",
     "inline_mode",
     "read_all",
     "read_file_bytes",
+    "scan_directory",
+    "scan_one",
     "snippets_of_file",
 ]
 
@@ -128,6 +150,7 @@ def snippets_of_file(
     results: list[SnippetResult | None],
     max_bytes: int,
     utf8: Utf8Index,
+    cache: StatCache | None = None,
 ) -> int | None:
     """Fill ``results[i]`` for every ``(i, request)`` of ``group`` (all naming ``path``).
 
@@ -136,6 +159,7 @@ def snippets_of_file(
     stay UTF-8 bytes (decoded by whoever needs a str). This loop runs once per snippet of a
     batch, so it is written for speed (no helper calls per item).
     """
+    started = time.time_ns()
     try:
         data, opened = read_file_bytes(resolver, path, max_bytes)
     except PlokeIoError as err:
@@ -145,6 +169,8 @@ def snippets_of_file(
     shown = opened.shown
     size = len(data)
     digest = hash_bytes(data)
+    if cache is not None:
+        cache.store(opened.st, digest, started)
     ascii_only = utf8.get(digest)
     if ascii_only is None:
         ascii_only = data.isascii()
@@ -206,10 +232,196 @@ def _mismatch(shown: str, want: str | None, digest: str) -> PlokeIoError | None:
     )
 
 
-def hash_one(resolver: Resolver, path: str, max_bytes: int) -> tuple[HashResult, int | None]:
-    """Hash one file; returns the result and the number of bytes read (None: not read)."""
+def hash_one(
+    resolver: Resolver, path: str, max_bytes: int, cache: StatCache | None = None
+) -> tuple[HashResult, int | None]:
+    """Hash one file; returns the result and the number of bytes read (None: not read).
+
+    With a stat cache, a file whose stat matches a trusted entry is not read at all.
+    """
     try:
-        data, _opened = read_file_bytes(resolver, path, max_bytes)
+        digest, st, nread = current_hash(resolver, path, max_bytes, cache)
     except PlokeIoError as err:
         return err, None
-    return FileHash(file_hash=hash_bytes(data), size=len(data)), len(data)
+    return FileHash(file_hash=digest, size=st.st_size), nread
+
+
+def current_hash(
+    resolver: Resolver, path: str, max_bytes: int, cache: StatCache | None
+) -> tuple[str, os.stat_result, int | None]:
+    """(digest, stat, bytes read or None) of a regular file, from the stat cache if it can.
+
+    A miss reads and hashes the file and offers the result to the cache with the fstat of the
+    descriptor it read from and a timestamp taken before any stat (the racy rule).
+    """
+    started = time.time_ns()
+    if cache is not None:
+        st = resolver.stat(path)
+        digest = cache.lookup(st)
+        if digest is not None:
+            return digest, st, None
+    data, opened = read_file_bytes(resolver, path, max_bytes)
+    digest = hash_bytes(data)
+    if cache is not None:
+        cache.store(opened.st, digest, started)
+    return digest, opened.st, len(data)
+
+
+def scan_one(
+    resolver: Resolver, req: ScanRequest, max_bytes: int, cache: StatCache | None
+) -> tuple[ScanResult, int | None]:
+    """unchanged / modified / removed / error for one file the client knows by hash."""
+    try:
+        digest, _st, nread = current_hash(resolver, req.file_path, max_bytes, cache)
+    except PlokeIoError as err:
+        if err.kind is ErrorKind.NotFound:
+            return REMOVED, None
+        return err, None
+    return _status(digest, req.file_hash), nread
+
+
+ScanGroup = list[tuple[int, ScanRequest]]
+
+_SCAN_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def fill_scan(results: list[Any], group: ScanGroup, found: ScanResult) -> None:
+    """Give every request of ``group`` (one path) its status; hashes may differ per request."""
+    first = group[0][1].file_hash
+    for i, req in group:
+        if req.file_hash == first or not isinstance(found, Scanned):
+            results[i] = found
+        else:
+            results[i] = compare(found, first, req.file_hash)
+
+
+def scan_directory(
+    resolver: Resolver,
+    directory: str,
+    entries: Sequence[tuple[str, str, ScanGroup]],
+    results: list[Any],
+    max_bytes: int,
+    cache: StatCache | None,
+) -> tuple[int, int]:
+    """Scan files named by plain names in one directory; returns (files read, bytes read).
+
+    The hot loop of ``ploke/scanChanges``: the directory is resolved once under the policy
+    (a descriptor walked component by component, as for any path), then each file is one
+    ``fstatat`` relative to it, never following a symlink; a stat-cache hit needs nothing
+    more. A symlink goes through the general per-path route, which applies the policy.
+    ``entries`` are (name, path as sent, requests naming it).
+    """
+    started = time.time_ns()
+    try:
+        dir_fd = resolver.directory(directory)
+    except PlokeIoError as err:
+        if err.kind in (ErrorKind.NotFound, ErrorKind.NotAFile):  # vanished, or unreachable
+            for _name, _path, group in entries:
+                fill_scan(results, group, REMOVED)
+            return 0, 0
+        # Outside the roots, a symlink, no permission...: each file by the general route, so
+        # that each gets its own message (and a symlinked directory the policy's decision).
+        files = nbytes = 0
+        for _name, _path, group in entries:
+            found, n = scan_one(resolver, group[0][1], max_bytes, cache)
+            fill_scan(results, group, found)
+            if n is not None:
+                files, nbytes = files + 1, nbytes + n
+        return files, nbytes
+    files = 0
+    nbytes = 0
+    lookup = cache.lookup if cache is not None else None
+    stat_ = os.stat
+    try:
+        for name, path, group in entries:
+            try:
+                st = stat_(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                fill_scan(results, group, REMOVED)
+                continue
+            except OSError as exc:
+                fill_scan(results, group, from_os_error(exc, resolver.shown(path)))
+                continue
+            if not S_ISREG(st.st_mode):
+                if S_ISLNK(st.st_mode):
+                    found, n = scan_one(resolver, group[0][1], max_bytes, cache)
+                    files, nbytes = (files + 1, nbytes + n) if n is not None else (files, nbytes)
+                else:
+                    found = PlokeIoError(
+                        ErrorKind.NotAFile, f"{resolver.shown(path)}: not a regular file"
+                    )
+                fill_scan(results, group, found)
+                continue
+            digest = lookup(st) if lookup is not None else None
+            if digest is None:
+                try:
+                    digest, n = _read_and_hash(
+                        dir_fd, name, resolver.shown(path), max_bytes, cache, started
+                    )
+                except _Symlinked:
+                    found, n2 = scan_one(resolver, group[0][1], max_bytes, cache)
+                    files, nbytes = (files + 1, nbytes + n2) if n2 is not None else (files, nbytes)
+                    fill_scan(results, group, found)
+                    continue
+                except PlokeIoError as err:
+                    fill_scan(results, group, REMOVED if err.kind is ErrorKind.NotFound else err)
+                    continue
+                files += 1
+                nbytes += n
+            want = group[0][1].file_hash
+            if len(group) == 1:
+                results[group[0][0]] = (
+                    UNCHANGED
+                    if want == digest or want.lower() == digest
+                    else Scanned(ScanStatus.MODIFIED, digest)
+                )
+            else:
+                fill_scan(results, group, _status(digest, want))
+    finally:
+        os.close(dir_fd)
+    return files, nbytes
+
+
+class _Symlinked(Exception):
+    """The name turned into a symlink between the stat and the open."""
+
+
+def _read_and_hash(
+    dir_fd: int, name: str, shown: str, max_bytes: int, cache: StatCache | None, started: int
+) -> tuple[str, int]:
+    try:
+        fd = os.open(name, _SCAN_READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Symlinked from None
+        if exc.errno == errno.ENXIO:
+            raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file") from None
+        raise from_os_error(exc, shown) from None
+    try:
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise from_os_error(exc, shown) from None
+        if not S_ISREG(st.st_mode):
+            raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file")
+        data = read_all(fd, st.st_size, max_bytes, shown)
+    finally:
+        os.close(fd)
+    digest = hash_bytes(data)
+    if cache is not None:
+        cache.store(st, digest, started)
+    return digest, len(data)
+
+
+def _status(digest: str, want: str) -> Scanned:
+    if want == digest or want.lower() == digest:
+        return UNCHANGED
+    return Scanned(ScanStatus.MODIFIED, digest)
+
+
+def compare(found: Scanned, first_want: str, want: str) -> Scanned:
+    """The status for ``want`` of a file already scanned for ``first_want``."""
+    if found.status is ScanStatus.REMOVED:
+        return found
+    digest = found.new_hash if found.new_hash is not None else first_want.lower()
+    return _status(digest, want)

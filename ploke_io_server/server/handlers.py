@@ -19,6 +19,8 @@ from .models import (
     GetSnippetsResult,
     HashFilesParams,
     HashFilesResult,
+    ScanChangesParams,
+    ScanChangesResult,
     StatusParams,
     StatusResult,
     WatcherStatus,
@@ -74,6 +76,14 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> dict[str, Ha
                 params.paths, policy=conn.session.policy, progress=report, inline=alone()
             )
         return HashFilesResult(results)
+
+    @handler(methods.SCAN_CHANGES)
+    async def scan_changes(params: ScanChangesParams) -> ScanChangesResult:
+        with _progress(ls, params.work_done_token, "Scanning for changes") as report:
+            results = await engine.scan_changes(
+                params.files, policy=conn.session.policy, progress=report, inline=alone()
+            )
+        return ScanChangesResult(results)
 
     @handler(methods.WRITE_SNIPPETS)
     async def write_snippets(params: WriteSnippetsParams) -> WriteSnippetsResult:

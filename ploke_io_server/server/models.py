@@ -21,7 +21,20 @@ from lsprotocol.converters import get_converter
 
 from .. import methods
 from ..errors import ErrorKind, PlokeIoError
-from ..types import Created, Edit, EditResult, FileHash, NewFile, Snippet, SnippetRequest
+from ..types import (
+    REMOVED,
+    UNCHANGED,
+    Created,
+    Edit,
+    EditResult,
+    FileHash,
+    NewFile,
+    Scanned,
+    ScanRequest,
+    ScanStatus,
+    Snippet,
+    SnippetRequest,
+)
 
 __all__ = [
     "REQUEST_TYPES",
@@ -37,6 +50,9 @@ __all__ = [
     "HashFilesResult",
     "InitOptions",
     "ParamsError",
+    "ScanChangesParams",
+    "ScanChangesRequest",
+    "ScanChangesResult",
     "StatusParams",
     "StatusRequest",
     "StatusResult",
@@ -75,6 +91,12 @@ class GetSnippetsParams:
 @attrs.frozen
 class HashFilesParams:
     paths: list[str | PlokeIoError]
+    work_done_token: ProgressToken | None = None
+
+
+@attrs.frozen
+class ScanChangesParams:
+    files: list[ScanRequest | PlokeIoError]
     work_done_token: ProgressToken | None = None
 
 
@@ -222,6 +244,21 @@ def structure_hash_files(value: Any, _t: Any = None) -> HashFilesParams:
     return HashFilesParams([_path_item(x) for x in items], _token(obj))
 
 
+def _scan_item(item: Any) -> ScanRequest | PlokeIoError:
+    if type(item) is dict:
+        path = item.get("filePath")
+        want = item.get("fileHash")
+        if type(path) is str and type(want) is str:
+            return ScanRequest(path, want)
+    return _item(item, "file", lambda d: ScanRequest(_path_of(d), _string(d, "fileHash")))
+
+
+def structure_scan_changes(value: Any, _t: Any = None) -> ScanChangesParams:
+    obj = _object(value, "params")
+    items = _array(obj, "files")
+    return ScanChangesParams([_scan_item(x) for x in items], _token(obj))
+
+
 def structure_status(value: Any, _t: Any = None) -> StatusParams:
     _object(value, "params")
     return StatusParams()
@@ -333,6 +370,8 @@ def batch_size(params: Any) -> tuple[str, int] | None:
         return "snippets", len(params.snippets)
     if isinstance(params, HashFilesParams):
         return "paths", len(params.paths)
+    if isinstance(params, ScanChangesParams):
+        return "files", len(params.files)
     if isinstance(params, WriteSnippetsParams):
         return "edits", len(params.edits)
     if isinstance(params, CreateFilesParams):
@@ -366,6 +405,14 @@ class GetSnippetsRequest:
     id: MsgId
     params: GetSnippetsParams
     method: str = methods.GET_SNIPPETS
+    jsonrpc: str = "2.0"
+
+
+@attrs.define
+class ScanChangesRequest:
+    id: MsgId
+    params: ScanChangesParams
+    method: str = methods.SCAN_CHANGES
     jsonrpc: str = "2.0"
 
 
@@ -405,6 +452,7 @@ class CreateFilesRequest:
 REQUEST_TYPES: dict[str, tuple[type[Any], Callable[[Any], Any]]] = {
     methods.GET_SNIPPETS: (GetSnippetsRequest, structure_get_snippets),
     methods.HASH_FILES: (HashFilesRequest, structure_hash_files),
+    methods.SCAN_CHANGES: (ScanChangesRequest, structure_scan_changes),
     methods.STATUS: (StatusRequest, structure_status),
     methods.WRITE_SNIPPETS: (WriteSnippetsRequest, structure_write_snippets),
     methods.CREATE_FILES: (CreateFilesRequest, structure_create_files),
@@ -422,6 +470,11 @@ class GetSnippetsResult:
 @attrs.frozen
 class HashFilesResult:
     results: list[FileHash | PlokeIoError]
+
+
+@attrs.frozen
+class ScanChangesResult:
+    results: list[Scanned | PlokeIoError]
 
 
 @attrs.frozen
@@ -470,6 +523,29 @@ def _hash_json(r: FileHash | PlokeIoError) -> dict[str, Any]:
         return {"ok": True, "fileHash": r.file_hash, "size": r.size}
     assert isinstance(r, PlokeIoError)
     return {"ok": False, "error": error_to_json(r)}
+
+
+def _scan_json(r: Scanned | PlokeIoError) -> dict[str, Any]:
+    if type(r) is Scanned:
+        if r.new_hash is None:
+            return {"status": r.status.value}
+        return {"status": r.status.value, "newHash": r.new_hash}
+    assert isinstance(r, PlokeIoError)
+    return {"status": "error", "error": error_to_json(r)}
+
+
+_UNCHANGED_JSON = b'{"status":"unchanged"}'
+_REMOVED_JSON = b'{"status":"removed"}'
+
+
+def _scan_fragment(r: Scanned | PlokeIoError, _memo: EscapeMemo) -> bytes:
+    if r is UNCHANGED:
+        return _UNCHANGED_JSON
+    if r is REMOVED:
+        return _REMOVED_JSON
+    if type(r) is Scanned and r.status is ScanStatus.MODIFIED and r.new_hash is not None:
+        return b'{"status":"modified","newHash":"%s"}' % r.new_hash.encode()
+    return _dumps(_scan_json(r)).encode()
 
 
 def _edit_json(r: EditResult | PlokeIoError) -> dict[str, Any]:
@@ -573,6 +649,7 @@ def _json_fragment(to_json: Callable[[Any], dict[str, Any]]) -> Callable[[Any, E
 _CHUNKED: dict[type[Any], Callable[[Any, EscapeMemo], bytes]] = {
     GetSnippetsResult: _snippet_fragment,
     HashFilesResult: _hash_fragment,
+    ScanChangesResult: _scan_fragment,
     WriteSnippetsResult: _json_fragment(_edit_json),
     CreateFilesResult: _json_fragment(_created_json),
 }
@@ -637,11 +714,15 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(GetSnippetsParams, structure_get_snippets)
     converter.register_structure_hook(HashFilesParams, structure_hash_files)
     converter.register_structure_hook(StatusParams, structure_status)
+    converter.register_structure_hook(ScanChangesParams, structure_scan_changes)
     converter.register_structure_hook(WriteSnippetsParams, structure_write_snippets)
     converter.register_structure_hook(CreateFilesParams, structure_create_files)
     converter.register_unstructure_hook(GetSnippetsResult, _unstructure_snippets)
     converter.register_unstructure_hook(HashFilesResult, _unstructure_hashes)
     converter.register_unstructure_hook(StatusResult, _unstructure_status)
+    converter.register_unstructure_hook(
+        ScanChangesResult, lambda r: {"results": [_scan_json(x) for x in r.results]}
+    )
     converter.register_unstructure_hook(
         WriteSnippetsResult, lambda r: {"results": [_edit_json(x) for x in r.results]}
     )
