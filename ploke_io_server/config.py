@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_MAX_BATCH_ITEMS",
     "DEFAULT_MAX_FILE_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_RACY_MARGIN_MS",
     "DEFAULT_STAT_CACHE_BYTES",
     "DEFAULT_STAT_CACHE_ENTRIES",
     "FD_LIMIT_ENV",
@@ -49,6 +50,7 @@ DEFAULT_AUTH_TIMEOUT_S = 30.0
 DEFAULT_JSON_CACHE_BYTES = 32 * 1024 * 1024
 DEFAULT_STAT_CACHE_ENTRIES = 262_144
 DEFAULT_STAT_CACHE_BYTES = 64 * 1024 * 1024
+DEFAULT_RACY_MARGIN_MS = 2000
 
 
 class ConfigError(ValueError):
@@ -150,6 +152,8 @@ class Config:
     """Most entries of the stat cache (0: off)."""
     stat_cache_bytes: int = DEFAULT_STAT_CACHE_BYTES
     """Memory budget of the stat cache (estimated per entry); the smaller bound wins."""
+    racy_margin_ms: int = DEFAULT_RACY_MARGIN_MS
+    """A file changed less than this before it was hashed is not put in the stat cache."""
     roots_from_cli: bool = True
     """False when the roots are the current-directory default, which a client may replace."""
     symlink_policy_from_cli: bool = False
@@ -171,6 +175,7 @@ class Config:
         json_cache_bytes: int | None = None,
         stat_cache_entries: int | None = None,
         stat_cache_bytes: int | None = None,
+        racy_margin_ms: int | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
     ) -> Config:
@@ -190,6 +195,8 @@ class Config:
             raise ConfigError("--stat-cache-entries must not be negative")
         if stat_cache_bytes is not None and stat_cache_bytes < 0:
             raise ConfigError("--stat-cache-bytes must not be negative")
+        if racy_margin_ms is not None and racy_margin_ms < 0:
+            raise ConfigError("--racy-margin-ms must not be negative")
         if auth_timeout_s is not None and auth_timeout_s <= 0:
             raise ConfigError("--auth-timeout must be positive")
         if max_message_bytes is not None and max_message_bytes < 1024:
@@ -215,6 +222,7 @@ class Config:
             stat_cache_bytes=DEFAULT_STAT_CACHE_BYTES
             if stat_cache_bytes is None
             else stat_cache_bytes,
+            racy_margin_ms=DEFAULT_RACY_MARGIN_MS if racy_margin_ms is None else racy_margin_ms,
             roots_from_cli=bool(given),
             symlink_policy_from_cli=bool(symlink_policy),
         )

@@ -92,7 +92,11 @@ class IoManager:
         self.utf8 = read.Utf8Index()
         self.locks = write.FileLocks()
         self.dirs = write.DirSync()
-        self.stat_cache = StatCache(config.stat_cache_entries, config.stat_cache_bytes)
+        self.stat_cache = StatCache(
+            config.stat_cache_entries,
+            config.stat_cache_bytes,
+            racy_margin_ns=config.racy_margin_ms * 1_000_000,
+        )
         self.root_fds = RootCache()
         self.origins: collections.OrderedDict[tuple[int, int, str], str] = collections.OrderedDict()
         """The origin of the last write to each directory entry (for the watcher)."""
@@ -167,14 +171,24 @@ class IoManager:
         that item's error. Each distinct (path, hash) is looked at once.
         """
         results: list[ScanResult | None] = [None] * len(files)
-        groups = _group_by_path(files, results, lambda r: r.file_path)
         max_bytes = self.config.max_file_bytes
         cache = self.stat_cache
-        # Plain names go to their directory's job (resolved once, then one fstatat per file);
-        # anything else (relative, "." or "..", "//", trailing "/", NUL) takes the general route.
+        # One pass: each distinct path once; plain names go to their directory's job (resolved
+        # once, then one fstatat per file); anything else (relative, "." or "..", "//", a
+        # trailing "/", NUL) takes the general per-path route.
+        seen: dict[str, read.ScanGroup] = {}
         by_dir: dict[str, list[tuple[str, str, read.ScanGroup]]] = {}
         singles: list[tuple[str, read.ScanGroup]] = []
-        for path, group in groups.items():
+        for i, item in enumerate(files):
+            if type(item) is not ScanRequest:
+                results[i] = item  # type: ignore[assignment]
+                continue
+            path = item.file_path
+            group = seen.get(path)
+            if group is not None:
+                group.append((i, item))
+                continue
+            group = seen[path] = [(i, item)]
             directory, _sep, name = path.rpartition("/")
             if (
                 path.startswith("/")
@@ -184,9 +198,14 @@ class IoManager:
                 and "/./" not in path
                 and "/../" not in path
             ):
-                by_dir.setdefault(directory or "/", []).append((name, path, group))
+                entries = by_dir.get(directory)
+                if entries is None:
+                    entries = by_dir[directory] = []
+                entries.append((name, path, group))
             else:
                 singles.append((path, group))
+        del seen
+        by_dir = {d or "/": e for d, e in by_dir.items()}
         jobs: list[tuple[str, Any, bool]] = [(d, e, True) for d, e in by_dir.items()]
         jobs += [(p, g, False) for p, g in singles]
 

@@ -328,46 +328,64 @@ def scan_directory(
             if n is not None:
                 files, nbytes = files + 1, nbytes + n
         return files, nbytes
-    files = 0
-    nbytes = 0
-    lookup = cache.lookup if cache is not None else None
+    files = nbytes = hits = misses = 0
+    probe = cache.probe if cache is not None else None
+    # stat first (a hit then costs one syscall) while hits are possible; after a run of
+    # misses (a cold cache, a directory of new files) open first instead, which saves the
+    # stat that every miss would otherwise pay on top of open + fstat + read.
+    stat_first = cache is not None and len(cache) > 0
+    streak = 0
     stat_ = os.stat
     try:
         for name, path, group in entries:
-            try:
-                st = stat_(name, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                fill_scan(results, group, REMOVED)
-                continue
-            except OSError as exc:
-                fill_scan(results, group, from_os_error(exc, resolver.shown(path)))
-                continue
-            if not S_ISREG(st.st_mode):
-                if S_ISLNK(st.st_mode):
-                    found, n = scan_one(resolver, group[0][1], max_bytes, cache)
-                    files, nbytes = (files + 1, nbytes + n) if n is not None else (files, nbytes)
-                else:
-                    found = PlokeIoError(
-                        ErrorKind.NotAFile, f"{resolver.shown(path)}: not a regular file"
-                    )
-                fill_scan(results, group, found)
-                continue
-            digest = lookup(st) if lookup is not None else None
-            if digest is None:
+            digest: str | None = None
+            if stat_first:
+                try:
+                    st = stat_(name, dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    fill_scan(results, group, REMOVED)
+                    continue
+                except OSError as exc:
+                    fill_scan(results, group, from_os_error(exc, resolver.shown(path)))
+                    continue
+                if not S_ISREG(st.st_mode):
+                    if S_ISLNK(st.st_mode):
+                        found, n = scan_one(resolver, group[0][1], max_bytes, cache)
+                        if n is not None:
+                            files, nbytes = files + 1, nbytes + n
+                    else:
+                        found = PlokeIoError(
+                            ErrorKind.NotAFile, f"{resolver.shown(path)}: not a regular file"
+                        )
+                    fill_scan(results, group, found)
+                    continue
+                digest = probe(st) if probe is not None else None
+            if digest is not None:
+                hits += 1
+                streak = 0
+            else:
                 try:
                     digest, n = _read_and_hash(
-                        dir_fd, name, resolver.shown(path), max_bytes, cache, started
+                        dir_fd, name, resolver, path, max_bytes, cache, started
                     )
                 except _Symlinked:
-                    found, n2 = scan_one(resolver, group[0][1], max_bytes, cache)
-                    files, nbytes = (files + 1, nbytes + n2) if n2 is not None else (files, nbytes)
+                    found, n = scan_one(resolver, group[0][1], max_bytes, cache)
+                    if n is not None:
+                        files, nbytes = files + 1, nbytes + n
                     fill_scan(results, group, found)
                     continue
                 except PlokeIoError as err:
                     fill_scan(results, group, REMOVED if err.kind is ErrorKind.NotFound else err)
                     continue
-                files += 1
-                nbytes += n
+                if n < 0:  # open-first found it in the cache after all
+                    hits += 1
+                else:
+                    misses += 1
+                    streak += 1
+                    if streak >= 16:
+                        stat_first = False
+                    files += 1
+                    nbytes += n
             want = group[0][1].file_hash
             if len(group) == 1:
                 results[group[0][0]] = (
@@ -379,6 +397,8 @@ def scan_directory(
                 fill_scan(results, group, _status(digest, want))
     finally:
         os.close(dir_fd)
+        if cache is not None:
+            cache.count(hits, misses)
     return files, nbytes
 
 
@@ -387,11 +407,19 @@ class _Symlinked(Exception):
 
 
 def _read_and_hash(
-    dir_fd: int, name: str, shown: str, max_bytes: int, cache: StatCache | None, started: int
+    dir_fd: int,
+    name: str,
+    resolver: Resolver,
+    path: str,
+    max_bytes: int,
+    cache: StatCache | None,
+    started: int,
 ) -> tuple[str, int]:
+    """(digest, bytes read) of ``name``; bytes read is -1 when the cache knew the digest."""
     try:
         fd = os.open(name, _SCAN_READ_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
+        shown = resolver.shown(path)
         if exc.errno == errno.ELOOP:
             raise _Symlinked from None
         if exc.errno == errno.ENXIO:
@@ -401,10 +429,14 @@ def _read_and_hash(
         try:
             st = os.fstat(fd)
         except OSError as exc:
-            raise from_os_error(exc, shown) from None
+            raise from_os_error(exc, resolver.shown(path)) from None
         if not S_ISREG(st.st_mode):
-            raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file")
-        data = read_all(fd, st.st_size, max_bytes, shown)
+            raise PlokeIoError(ErrorKind.NotAFile, f"{resolver.shown(path)}: not a regular file")
+        if cache is not None:
+            known = cache.probe(st)
+            if known is not None:
+                return known, -1
+        data = read_all(fd, st.st_size, max_bytes, resolver.shown(path))
     finally:
         os.close(fd)
     digest = hash_bytes(data)

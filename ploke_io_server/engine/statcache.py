@@ -8,7 +8,7 @@ this the "racy" case and re-checks every index entry whose mtime is not older th
 itself. The rule here is the same, per entry:
 
     an entry is stored only if the file's mtime and ctime are older than the moment the
-    engine started stat-ing it, by more than ``RACY_MARGIN_NS``;
+    engine started stat-ing it, by more than the racy margin (``--racy-margin-ms``, 2 s);
 
 A later change to the file gets a timestamp at least that moment's (minus the clock's
 coarseness), so it differs from the stored one, and the lookup misses. Files changed within
@@ -46,8 +46,11 @@ ENTRY_BYTES = 240
 class StatCache:
     """Thread-safe, shared by every operation of one engine."""
 
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
+    def __init__(
+        self, max_entries: int, max_bytes: int, racy_margin_ns: int = RACY_MARGIN_NS
+    ) -> None:
         self.capacity = max(0, min(max_entries, max_bytes // ENTRY_BYTES))
+        self.racy_margin_ns = racy_margin_ns
         self._entries: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -72,6 +75,28 @@ class StatCache:
             self.misses += 1
         return None
 
+    def probe(self, st: os.stat_result) -> str | None:
+        """:meth:`lookup` without counting (the caller counts, see :meth:`count`).
+
+        Lock-free for batch loops: each dictionary operation is atomic under the GIL, and an
+        entry evicted by another thread between the get and the move is simply not moved.
+        """
+        value = self._entries.get(st.st_ino)
+        if value is not None and value.startswith(
+            _KEY.pack(st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        ):
+            try:  # noqa: SIM105 (a try is cheaper than contextlib.suppress in this loop)
+                self._entries.move_to_end(st.st_ino)
+            except KeyError:
+                pass
+            return value[32:].hex()
+        return None
+
+    def count(self, hits: int, misses: int) -> None:
+        with self._lock:
+            self.hits += hits
+            self.misses += misses
+
     def store(self, st: os.stat_result, digest: str, started_ns: int) -> bool:
         """Remember ``digest`` for the file ``st`` describes; False if it was too recent.
 
@@ -81,7 +106,7 @@ class StatCache:
         if self.capacity == 0:
             return False
         ino = st.st_ino
-        if max(st.st_mtime_ns, st.st_ctime_ns) + RACY_MARGIN_NS > started_ns:
+        if max(st.st_mtime_ns, st.st_ctime_ns) + self.racy_margin_ns > started_ns:
             with self._lock:
                 self.racy += 1
                 self._entries.pop(ino, None)
