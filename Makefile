@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_read.py --json benchmarks/results-generated.json
 	$(PY) benchmarks/bench_read.py --tree $(BENCH_TREE) --json benchmarks/results-tree.json
 	$(PY) benchmarks/bench_write.py --json benchmarks/results-write.json
+	$(PY) benchmarks/bench_scan.py --tree $(BENCH_TREE) --json benchmarks/results-scan.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -31,7 +31,7 @@ from ..types import (
     SnippetRequest,
     SnippetResult,
 )
-from .statcache import StatCache
+from .statcache import STAT_KEY, StatCache
 
 __all__ = [
     "INLINE_MAX_BYTES",
@@ -329,7 +329,10 @@ def scan_directory(
                 files, nbytes = files + 1, nbytes + n
         return files, nbytes
     files = nbytes = hits = misses = 0
-    probe = cache.probe if cache is not None else None
+    # The cache probe, inlined (this loop runs once per file of a scan): see StatCache.probe.
+    known = cache.entries if cache is not None else {}
+    pack = STAT_KEY.pack
+    touch = known.move_to_end if cache is not None else None
     # stat first (a hit then costs one syscall) while hits are possible; after a run of
     # misses (a cold cache, a directory of new files) open first instead, which saves the
     # stat that every miss would otherwise pay on top of open + fstat + read.
@@ -359,7 +362,16 @@ def scan_directory(
                         )
                     fill_scan(results, group, found)
                     continue
-                digest = probe(st) if probe is not None else None
+                value = known.get(st.st_ino)
+                if value is not None and value.startswith(
+                    pack(st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                ):
+                    digest = value[32:].hex()
+                    if touch is not None:
+                        try:  # noqa: SIM105 (cheaper than contextlib.suppress here)
+                            touch(st.st_ino)
+                        except KeyError:  # evicted meanwhile by another thread
+                            pass
             if digest is not None:
                 hits += 1
                 streak = 0

@@ -30,13 +30,14 @@ import struct
 import threading
 from typing import Any
 
-__all__ = ["ENTRY_BYTES", "RACY_MARGIN_NS", "StatCache"]
+__all__ = ["ENTRY_BYTES", "RACY_MARGIN_NS", "STAT_KEY", "StatCache"]
 
 RACY_MARGIN_NS = 2_000_000_000
 """Files modified less than this before they were stat-ed are never cached (2 s: FAT's
 timestamp granularity; also covers 1 s file systems and coarse kernel clocks)."""
 
-_KEY = struct.Struct("<QQqq")  # device, size, mtime_ns, ctime_ns
+STAT_KEY = struct.Struct("<QQqq")
+"""Packs device, size, mtime_ns, ctime_ns: the first 32 bytes of every entry."""
 
 ENTRY_BYTES = 240
 """Estimated memory of one entry: OrderedDict slot and link, int key, 64-byte bytes value
@@ -51,7 +52,8 @@ class StatCache:
     ) -> None:
         self.capacity = max(0, min(max_entries, max_bytes // ENTRY_BYTES))
         self.racy_margin_ns = racy_margin_ns
-        self._entries: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self.entries: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        """inode -> STAT_KEY-packed (device, size, mtime_ns, ctime_ns) + 32-byte digest."""
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -60,16 +62,16 @@ class StatCache:
         self.invalidations = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
     def lookup(self, st: os.stat_result) -> str | None:
         """The hex digest of the file ``st`` describes, if a trusted entry matches exactly."""
-        prefix = _KEY.pack(st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        prefix = STAT_KEY.pack(st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         ino = st.st_ino
         with self._lock:
-            value = self._entries.get(ino)
+            value = self.entries.get(ino)
             if value is not None and value.startswith(prefix):
-                self._entries.move_to_end(ino)
+                self.entries.move_to_end(ino)
                 self.hits += 1
                 return value[32:].hex()
             self.misses += 1
@@ -81,12 +83,12 @@ class StatCache:
         Lock-free for batch loops: each dictionary operation is atomic under the GIL, and an
         entry evicted by another thread between the get and the move is simply not moved.
         """
-        value = self._entries.get(st.st_ino)
+        value = self.entries.get(st.st_ino)
         if value is not None and value.startswith(
-            _KEY.pack(st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            STAT_KEY.pack(st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         ):
             try:  # noqa: SIM105 (a try is cheaper than contextlib.suppress in this loop)
-                self._entries.move_to_end(st.st_ino)
+                self.entries.move_to_end(st.st_ino)
             except KeyError:
                 pass
             return value[32:].hex()
@@ -109,13 +111,13 @@ class StatCache:
         if max(st.st_mtime_ns, st.st_ctime_ns) + self.racy_margin_ns > started_ns:
             with self._lock:
                 self.racy += 1
-                self._entries.pop(ino, None)
+                self.entries.pop(ino, None)
             return False
-        value = _KEY.pack(st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns) + bytes.fromhex(
-            digest
-        )
+        value = STAT_KEY.pack(
+            st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        ) + bytes.fromhex(digest)
         with self._lock:
-            entries = self._entries
+            entries = self.entries
             entries[ino] = value
             entries.move_to_end(ino)
             while len(entries) > self.capacity:
@@ -126,16 +128,16 @@ class StatCache:
     def invalidate(self, st: os.stat_result) -> None:
         """Forget the entry of this file (its inode), e.g. after the engine replaced it."""
         with self._lock:
-            if self._entries.pop(st.st_ino, None) is not None:
+            if self.entries.pop(st.st_ino, None) is not None:
                 self.invalidations += 1
 
     def clear(self) -> None:
         with self._lock:
-            self.invalidations += len(self._entries)
-            self._entries.clear()
+            self.invalidations += len(self.entries)
+            self.entries.clear()
 
     def snapshot(self) -> dict[str, Any]:
-        n = len(self._entries)
+        n = len(self.entries)
         return {
             "hits": self.hits,
             "misses": self.misses,
