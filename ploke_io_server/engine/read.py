@@ -6,6 +6,7 @@ once, and every snippet of the batch that names it is cut from that one copy.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
@@ -330,9 +331,11 @@ def scan_directory(
         return files, nbytes
     files = nbytes = hits = misses = 0
     # The cache probe, inlined (this loop runs once per file of a scan): see StatCache.probe.
-    known = cache.entries if cache is not None else {}
+    known: collections.OrderedDict[int, bytes] = (
+        cache.entries if cache is not None else collections.OrderedDict()
+    )
     pack = STAT_KEY.pack
-    touch = known.move_to_end if cache is not None else None
+    touch = known.move_to_end
     # stat first (a hit then costs one syscall) while hits are possible; after a run of
     # misses (a cold cache, a directory of new files) open first instead, which saves the
     # stat that every miss would otherwise pay on top of open + fstat + read.
@@ -367,11 +370,10 @@ def scan_directory(
                     pack(st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                 ):
                     digest = value[32:].hex()
-                    if touch is not None:
-                        try:  # noqa: SIM105 (cheaper than contextlib.suppress here)
-                            touch(st.st_ino)
-                        except KeyError:  # evicted meanwhile by another thread
-                            pass
+                    try:  # noqa: SIM105 (cheaper than contextlib.suppress here)
+                        touch(st.st_ino)
+                    except KeyError:  # evicted meanwhile by another thread
+                        pass
             if digest is not None:
                 hits += 1
                 streak = 0
