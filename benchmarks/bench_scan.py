@@ -95,7 +95,8 @@ def floor(known: dict[str, str]) -> int:
 
 def touch_one_percent(paths: list[str], rng: random.Random) -> list[str]:
     """Rewrite 1% of the files in place: same size, different bytes."""
-    chosen = rng.sample(paths, max(1, len(paths) // 100))
+    nonempty = [p for p in paths if os.path.getsize(p) > 0]
+    chosen = rng.sample(nonempty, max(1, len(paths) // 100))
     for p in chosen:
         with open(p, "r+b") as f:
             data = bytearray(f.read())

@@ -281,3 +281,15 @@ async def test_progress_and_cancel_mid_scan(
             break
         await asyncio.sleep(0.02)
     assert [r.kind for r in client.progress_reports["scan2"]][::1][-1] == "end"
+
+
+async def test_too_large_is_an_item_error_named_by_its_root_relative_path(
+    start_server: Any, transport: str, workspace: Path
+) -> None:
+    big = write(workspace / "src" / "big.rs", "x" * 200)
+    small = write(workspace / "src" / "small.rs", "x" * 20)
+    client = await start_server(transport, "--root", str(workspace), "--max-file-bytes", "100")
+    res = await scan(client, [(big, h(big)), (small, h(small))])
+    assert res[0]["status"] == "error" and res[0]["error"]["kind"] == "TooLarge"
+    assert res[0]["error"]["message"] == "src/big.rs: 200 bytes exceeds the limit of 100 bytes"
+    assert res[1] == {"status": "unchanged"}

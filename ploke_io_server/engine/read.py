@@ -450,7 +450,11 @@ def _read_and_hash(
             known = cache.probe(st)
             if known is not None:
                 return known, -1
-        data = read_all(fd, st.st_size, max_bytes, resolver.shown(path))
+        try:
+            # The root-relative name costs a policy lookup: only made for an error message.
+            data = read_all(fd, st.st_size, max_bytes, "")
+        except PlokeIoError as err:  # its message starts with the (empty) name
+            raise PlokeIoError(err.kind, resolver.shown(path) + err.message, err.data) from None
     finally:
         os.close(fd)
     digest = hash_bytes(data)
