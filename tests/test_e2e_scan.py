@@ -293,3 +293,21 @@ async def test_too_large_is_an_item_error_named_by_its_root_relative_path(
     assert res[0]["status"] == "error" and res[0]["error"]["kind"] == "TooLarge"
     assert res[0]["error"]["message"] == "src/big.rs: 200 bytes exceeds the limit of 100 bytes"
     assert res[1] == {"status": "unchanged"}
+
+
+async def test_progress_counts_files_even_in_one_directory(
+    start_server: Any, transport: str, workspace: Path
+) -> None:
+    paths = [write(workspace / "one" / f"f{i}.txt", str(i)) for i in range(1000)]
+    client = await start_server(transport, "--root", str(workspace))
+    client.progress_reports["p"] = []
+    res = await scan(client, [(p, h(p)) for p in paths], workDoneToken="p")
+    assert {r["status"] for r in res} == {"unchanged"}
+    for _ in range(100):
+        reports = client.progress_reports["p"]
+        if reports and reports[-1].kind == "end":
+            break
+        await asyncio.sleep(0.02)
+    messages = [r.message for r in reports if r.kind == "report"]
+    assert len(messages) >= 3 and messages[-1] == "1000/1000 files", messages
+    assert {int(m.split("/")[1].split()[0]) for m in messages} == {1000}

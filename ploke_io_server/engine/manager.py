@@ -53,6 +53,9 @@ requests and clients still run in parallel, up to the fd limit."""
 
 _J = TypeVar("_J")
 
+SCAN_CHUNK = 256
+"""Files of one directory a scan job handles: the unit of progress and cancellation."""
+
 
 @attrs.define
 class Counters:
@@ -98,8 +101,10 @@ class IoManager:
             racy_margin_ns=config.racy_margin_ms * 1_000_000,
         )
         self.root_fds = RootCache()
-        self.origins: collections.OrderedDict[tuple[int, int, str], str] = collections.OrderedDict()
-        """The origin of the last write to each directory entry (for the watcher)."""
+        self.origins: collections.OrderedDict[tuple[int, int, str], tuple[str, str]] = (
+            collections.OrderedDict()
+        )
+        """(origin, new hash) of the last write to each directory entry, for the watcher."""
         self._origins_lock = threading.Lock()
         self._cleanups: list[asyncio.Future[int]] = []
         self._cleaned: set[str] = set()
@@ -206,7 +211,12 @@ class IoManager:
                 singles.append((path, group))
         del seen
         by_dir = {d or "/": e for d, e in by_dir.items()}
-        jobs: list[tuple[str, Any, bool]] = [(d, e, True) for d, e in by_dir.items()]
+        # Directories in chunks of SCAN_CHUNK files: progress and cancellation between chunks.
+        jobs: list[tuple[str, Any, bool]] = [
+            (d, e[k : k + SCAN_CHUNK], True)
+            for d, e in by_dir.items()
+            for k in range(0, len(e), SCAN_CHUNK)
+        ]
         jobs += [(p, g, False) for p, g in singles]
 
         def work(resolver: Resolver, job: tuple[str, Any, bool]) -> None:
@@ -219,7 +229,9 @@ class IoManager:
             self._count_read(nread)
             read.fill_scan(results, entries, found)
 
-        await self._run(policy, jobs, work, progress, inline=inline)
+        await self._run(
+            policy, jobs, work, progress, inline=inline, weight=lambda j: len(j[1]) if j[2] else 1
+        )
         return self._finish(results)
 
     async def write_snippets(
@@ -274,7 +286,7 @@ class IoManager:
                                 write.discard(prepared)
                                 return
                             write.commit(prepared, self.dirs)
-                            self._note_write(located, origin, prepared.new_size)
+                            self._note_write(located, origin, prepared.new_size, prepared.new_hash)
                 finally:
                     os.close(located.dir_fd)
             except (PlokeIoError, OSError) as exc:
@@ -394,7 +406,7 @@ class IoManager:
                     synced[dir_key] = None
                 except PlokeIoError as err:
                     synced[dir_key] = err
-            self._note_write(p.located, origin, p.new_size)
+            self._note_write(p.located, origin, p.new_size, p.new_hash)
             failure = synced[dir_key]
             for i, r in p.results:
                 results[i] = r if failure is None else failure
@@ -429,7 +441,9 @@ class IoManager:
                     self.dirs,
                     max_bytes,
                     gate.may_commit,
-                    lambda located, size: self._note_write(located, origin, size, created=True),
+                    lambda located, size, digest: self._note_write(
+                        located, origin, size, digest, created=True
+                    ),
                 )
             except (PlokeIoError, OSError) as exc:
                 results[i] = _item_error(exc, resolver, new.file_path)
@@ -445,7 +459,13 @@ class IoManager:
         return self._finish(results)
 
     def _note_write(
-        self, located: Located, origin: str | None, size: int, *, created: bool = False
+        self,
+        located: Located,
+        origin: str | None,
+        size: int,
+        digest: str,
+        *,
+        created: bool = False,
     ) -> None:
         if located.st is not None:
             self.stat_cache.invalidate(located.st)
@@ -459,7 +479,7 @@ class IoManager:
             return
         key = write.lock_key(located)
         with self._origins_lock:
-            self.origins[key] = origin
+            self.origins[key] = (origin, digest)
             self.origins.move_to_end(key)
             while len(self.origins) > 10_000:
                 self.origins.popitem(last=False)
@@ -556,6 +576,7 @@ class IoManager:
         parallelism: int = BATCH_PARALLELISM,
         cancel_ok: Callable[[], bool] | None = None,
         inline: bool = False,
+        weight: Callable[[_J], int] | None = None,
     ) -> None:
         """Run ``work`` over ``jobs`` on ``parallelism`` executor threads sharing a Resolver.
 
@@ -579,9 +600,11 @@ class IoManager:
         stop = threading.Event()
         feed: Iterator[_J] = iter(jobs)
         feed_lock = threading.Lock()
-        total = len(jobs)
+        # Progress counts files: a job is one file unless ``weight`` says how many it holds.
+        total = len(jobs) if weight is None else sum(weight(j) for j in jobs)
         done = [0]
         step = max(1, total // 100)
+        last_step = [0]
 
         def report(n: int) -> None:
             if progress is not None:
@@ -596,9 +619,11 @@ class IoManager:
                 work(resolver, job)
                 if progress is not None:
                     with feed_lock:
-                        done[0] += 1
+                        done[0] += 1 if weight is None else weight(job)
                         n = done[0]
-                    if n % step == 0 or n == total:
+                        due = n // step != last_step[0] or n == total
+                        last_step[0] = n // step
+                    if due:
                         loop.call_soon_threadsafe(report, n)
 
         if inline and total == 1:

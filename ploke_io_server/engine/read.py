@@ -244,7 +244,9 @@ def hash_one(
         digest, st, nread = current_hash(resolver, path, max_bytes, cache)
     except PlokeIoError as err:
         return err, None
-    return FileHash(file_hash=digest, size=st.st_size), nread
+    # The size of what was hashed: the bytes read, or (a cache hit) the size in the stat that
+    # matched the entry, which is the size of the content the digest was made from.
+    return FileHash(file_hash=digest, size=st.st_size if nread is None else nread), nread
 
 
 def current_hash(

@@ -433,12 +433,12 @@ def create_file(
     dirs: DirSync,
     max_bytes: int,
     may_commit: Callable[[], bool],
-    committed: Callable[[Located, int], None],
+    committed: Callable[[Located, int, str], None],
 ) -> Created | None:
     """Create one file durably: temp file, fsync, then link (no replace) or rename (overwrite).
 
     ``may_commit()`` is asked just before the file appears (False: cancelled, nothing done,
-    None returned); ``committed(located, size)`` is told after.
+    None returned); ``committed(located, size, digest)`` is told after.
     """
     path = new.file_path
     if new.create_parents:
@@ -492,8 +492,9 @@ def create_file(
             finally:
                 _unlink_quietly(located, temp)
             dirs.sync(located)
-            committed(located, len(data))
-        return Created(file_path=path, file_hash=hash_bytes(data))
+            digest = hash_bytes(data)
+            committed(located, len(data), digest)
+        return Created(file_path=path, file_hash=digest)
     finally:
         os.close(located.dir_fd)
 
