@@ -36,6 +36,7 @@ from ..types import (
 )
 from . import read, write
 from .statcache import StatCache
+from .watcher import Watcher
 
 __all__ = ["BATCH_PARALLELISM", "Counters", "IoManager"]
 
@@ -112,6 +113,8 @@ class IoManager:
             max_workers=config.fd_limit, thread_name_prefix="ploke-io"
         )
         self._closed = False
+        self.watcher: Watcher | None = None
+        """Started by :meth:`start_watcher` (``--watch`` or a client's ``watch: true``)."""
         self.in_flight = 0
         """Requests the server has running, all clients together (it keeps the count)."""
 
@@ -529,11 +532,20 @@ class IoManager:
         if self._cleanups:
             await asyncio.shield(asyncio.gather(*self._cleanups, return_exceptions=True))
 
+    async def start_watcher(self, roots: Sequence[str] | None = None) -> Watcher:
+        """Watch ``roots`` (default: the engine's roots); idempotent, roots accumulate."""
+        if self.watcher is None:
+            self.watcher = Watcher(self, self.config.debounce_ms)
+        await self.watcher.start(self.policy.root_paths() if roots is None else roots)
+        return self.watcher
+
     async def aclose(self) -> None:
         """Stop the executor after the work in flight has finished."""
         if self._closed:
             return
         self._closed = True
+        if self.watcher is not None:
+            await self.watcher.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
         self.root_fds.close()
 

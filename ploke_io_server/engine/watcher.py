@@ -1,0 +1,442 @@
+"""The watcher: watchdog observers on the roots, debounced, reported as net differences.
+
+Events from the OS are only *hints* of which paths to look at. The watcher keeps the last known
+state of every regular file under its roots (an index: path -> device, inode, size, mtime,
+ctime and, once known, BLAKE3 digest). When a path has been quiet for the debounce time, it is
+looked at again and the *difference* between the index and the file system is reported:
+
+- not known before, there now: ``created``;
+- known before, gone now: ``removed``;
+- known before, there now, content different: ``modified`` (a chmod or a touch that leaves
+  the content as it was is not reported);
+- a ``removed`` and a ``created`` of the same inode in one flush: ``renamed`` with ``oldPath``.
+
+So create+modify is ``created``, create+delete is nothing, modify+delete is ``removed``, and an
+editor's atomic save (temp file written, then renamed over the target) is ``modified`` of the
+target with nothing about the temp file, whatever order the OS reported things in. The
+server's own temp files (``.<name>.ploke-tmp.<pid>.<hex>``) are never indexed or reported.
+Symlinks and directories are not files: they are not reported themselves (a directory created
+or removed reports the files in it).
+
+Nothing is lost: when the kernel's inotify queue overflows (watchdog 7 only rebuilds its
+watches then, without telling anyone), the next flush compares the whole index with a fresh
+walk of the roots, which reports every difference the dropped events would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from ..errors import PlokeIoError
+from ..paths import Resolver
+from .read import current_hash
+from .write import is_temp_name
+
+if TYPE_CHECKING:
+    from .manager import IoManager
+
+__all__ = ["FileEvent", "Watcher"]
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_FACTOR = 4
+"""A path that keeps changing is still reported after this many debounce periods."""
+
+
+@attrs.define(slots=True)
+class FileEvent:
+    """One net change of one file, as sent in ``ploke/didChangeFiles``."""
+
+    file_path: str
+    kind: str  # created | modified | removed | renamed
+    old_path: str | None = None
+    file_hash: str | None = None
+    origin: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"filePath": self.file_path, "kind": self.kind}
+        if self.old_path is not None:
+            out["oldPath"] = self.old_path
+        if self.file_hash is not None:
+            out["fileHash"] = self.file_hash
+        if self.origin is not None:
+            out["origin"] = self.origin
+        return out
+
+
+@attrs.define(slots=True)
+class _Known:
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    digest: str | None = None
+
+    @classmethod
+    def of(cls, st: os.stat_result, digest: str | None = None) -> _Known:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest)
+
+    def same_stat(self, st: os.stat_result) -> bool:
+        return (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns) == (
+            st.st_dev,
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        )
+
+
+# -- overflow detection ------------------------------------------------------------------------
+
+_overflow_listeners: list[Callable[[str], None]] = []
+_patch_lock = threading.Lock()
+_patched = False
+
+
+def _install_overflow_hook() -> None:
+    """Make watchdog's inotify backend tell us when the kernel queue overflowed.
+
+    watchdog 7.1 handles IN_Q_OVERFLOW by rebuilding its watches and logging a warning, but
+    never tells event handlers that events were dropped. We wrap that one method (watchdog is
+    pinned to 7.x for it; without inotify, e.g. on macOS, there is nothing to wrap).
+    """
+    global _patched
+    with _patch_lock:
+        if _patched:
+            return
+        _patched = True
+        # Its inotify reader thread warns when a new directory's watch is registered twice in
+        # a race (the callback is just replaced); under ``-W error`` that would kill the thread.
+        warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning)
+        try:
+            from watchdog.observers.inotify import InotifyWatchGroup
+        except ImportError:  # not Linux
+            return
+        original = InotifyWatchGroup.on_queue_overflow
+
+        def on_queue_overflow(self: Any) -> None:
+            original(self)
+            path = os.fsdecode(getattr(self, "path", b""))
+            for listener in list(_overflow_listeners):
+                listener(path)
+
+        InotifyWatchGroup.on_queue_overflow = on_queue_overflow  # type: ignore[method-assign]
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        paths = [os.fsdecode(event.src_path)]
+        if event.dest_path:
+            paths.append(os.fsdecode(event.dest_path))
+        self.watcher.hint(paths, event.is_directory)
+
+
+class Watcher:
+    """Watches the roots of one engine and reports net file changes to its subscribers."""
+
+    def __init__(self, engine: IoManager, debounce_ms: int) -> None:
+        self.engine = engine
+        self.debounce = debounce_ms / 1000
+        self.roots: list[str] = []
+        self.index: dict[str, _Known] = {}
+        self._observer: BaseObserver | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._hinted: set[str] = set()
+        self._dirs: set[str] = set()
+        self._first: float | None = None
+        self._last = 0.0
+        self._full_rescan = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._ready = asyncio.Event()
+        self.subscribers: list[Callable[[list[FileEvent]], None]] = []
+        self.errors: list[str] = []
+        self.counters = {"events": 0, "flushes": 0, "overflows": 0, "rescans": 0}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._observer is not None
+
+    async def start(self, roots: Iterable[str]) -> None:
+        """Start watching ``roots`` (more can be added later with :meth:`add_roots`)."""
+        if self._observer is not None:
+            await self.add_roots(roots)
+            return
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        _install_overflow_hook()
+        _overflow_listeners.append(self._on_overflow)
+        self._observer = Observer()
+        self._observer.daemon = True
+        self._observer.start()
+        self._flusher = self._loop.create_task(self._flush_loop())
+        await self.add_roots(roots)
+        self._ready.set()
+
+    async def add_roots(self, roots: Iterable[str]) -> None:
+        assert self._observer is not None and self._loop is not None
+        new = [r for r in roots if r not in self.roots]
+        for root in new:
+            # Watch first, then index: a change during the walk is hinted and looked at after.
+            try:
+                self._observer.schedule(_Handler(self), root, recursive=True)
+            except OSError as exc:
+                text = _watch_error(root, exc)
+                log.error("%s", text)
+                self.errors.append(text)
+                continue
+            self.roots.append(root)
+            found = await self._loop.run_in_executor(None, _walk, root)
+            with self._lock:
+                for path, st in found.items():
+                    self.index.setdefault(path, _Known.of(st))
+
+    async def aclose(self) -> None:
+        if self._observer is not None:
+            observer, self._observer = self._observer, None
+            with _patch_lock:
+                if self._on_overflow in _overflow_listeners:
+                    _overflow_listeners.remove(self._on_overflow)
+            observer.stop()
+            await asyncio.get_running_loop().run_in_executor(None, observer.join, 5)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "roots": list(self.roots),
+            "files": len(self.index),
+            "errors": list(self.errors),
+            **self.counters,
+        }
+
+    # -- intake (observer threads) -------------------------------------------------------------
+
+    def hint(self, paths: Sequence[str], is_directory: bool) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for p in paths:
+                if is_directory:
+                    self._dirs.add(p)
+                elif not is_temp_name(os.path.basename(p)):
+                    self._hinted.add(p)
+            self.counters["events"] += 1
+            if self._first is None:
+                self._first = now
+            self._last = now
+        self._kick()
+
+    def _on_overflow(self, path: str) -> None:
+        log.warning("inotify queue overflow below %r: rescanning the roots", path)
+        with self._lock:
+            self.counters["overflows"] += 1
+            self._full_rescan = True
+            now = time.monotonic()
+            self._first = self._first or now
+            self._last = now
+        self._kick()
+
+    def _kick(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(wake.set)
+
+    # -- flushing (event loop) -----------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        assert self._wake is not None and self._loop is not None
+        await self._ready.wait()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # Trailing debounce: wait until nothing happened for `debounce`, or until the first
+            # pending change is MAX_WAIT_FACTOR periods old.
+            while True:
+                with self._lock:
+                    first, last = self._first, self._last
+                if first is None:
+                    break
+                now = time.monotonic()
+                due = min(last + self.debounce, first + MAX_WAIT_FACTOR * self.debounce)
+                if now >= due:
+                    break
+                await asyncio.sleep(due - now)
+            with self._lock:
+                if self._first is None:
+                    continue
+                hinted, self._hinted = self._hinted, set()
+                dirs, self._dirs = self._dirs, set()
+                full, self._full_rescan = self._full_rescan, False
+                self._first = None
+            try:
+                events = await self._loop.run_in_executor(None, self._reconcile, hinted, dirs, full)
+            except Exception:
+                log.exception("watcher: reconciling changes failed")
+                continue
+            self.counters["flushes"] += 1
+            if events:
+                for subscriber in list(self.subscribers):
+                    try:
+                        subscriber(events)
+                    except Exception:
+                        log.exception("watcher: a subscriber failed")
+
+    def _reconcile(self, hinted: set[str], dirs: set[str], full: bool) -> list[FileEvent]:
+        """Compare the index with the file system for the hinted paths; update it."""
+        paths = set(hinted)
+        index = self.index
+        if full:
+            self.counters["rescans"] += 1
+            for root in self.roots:
+                paths.update(_walk(root))
+            paths.update(index)
+        for d in dirs:
+            prefix = d.rstrip("/") + "/"
+            paths.update(p for p in list(index) if p.startswith(prefix))
+            paths.update(_walk(d))
+        resolver = Resolver(self.engine.policy, self.engine.root_fds)
+        created: dict[str, os.stat_result] = {}
+        removed: dict[str, _Known] = {}
+        changed: list[tuple[str, _Known, os.stat_result]] = []
+        try:
+            for path in sorted(paths):
+                old = index.get(path)
+                st = _lstat_file(path)
+                if st is None:
+                    if old is not None:
+                        removed[path] = old
+                elif old is None:
+                    created[path] = st
+                elif not old.same_stat(st):
+                    changed.append((path, old, st))
+            events: list[FileEvent] = []
+            # Renames: a file gone and a file appeared with the same inode.
+            by_inode = {(k.dev, k.ino): p for p, k in removed.items()}
+            for path, st in sorted(created.items()):
+                src = by_inode.pop((st.st_dev, st.st_ino), None)
+                digest = self._hash(resolver, path, st)
+                if src is not None:
+                    old = removed.pop(src)
+                    index.pop(src, None)
+                    events.append(FileEvent(path, "renamed", src, digest))
+                else:
+                    events.append(FileEvent(path, "created", None, digest))
+                index[path] = _Known.of(st, digest)
+            for path, old in sorted(removed.items()):
+                index.pop(path, None)
+                self._invalidate(old)
+                events.append(FileEvent(path, "removed"))
+            for path, old, st in changed:
+                digest = self._hash(resolver, path, st)
+                index[path] = _Known.of(st, digest)
+                self._invalidate(old)
+                if digest is not None and digest == old.digest:
+                    continue  # metadata only (chmod, touch): the content is what it was
+                events.append(FileEvent(path, "modified", None, digest))
+        finally:
+            resolver.close()
+        for ev in events:
+            if ev.kind != "removed":
+                ev.origin = self._origin_of(ev.file_path, ev.file_hash)
+        return events
+
+    def _hash(self, resolver: Resolver, path: str, st: os.stat_result) -> str | None:
+        try:
+            digest, _st, _n = current_hash(
+                resolver, path, self.engine.config.max_file_bytes, self.engine.stat_cache
+            )
+        except PlokeIoError:
+            return None
+        return digest
+
+    def _invalidate(self, old: _Known) -> None:
+        self.engine.stat_cache.entries.pop(old.ino, None)
+
+    def _origin_of(self, path: str, digest: str | None) -> str | None:
+        """The origin of the write that produced this content, if the daemon made it."""
+        parent, name = os.path.split(path)
+        try:
+            st = os.stat(parent)
+        except OSError:
+            return None
+        engine = self.engine
+        with engine._origins_lock:
+            entry = engine.origins.get((st.st_dev, st.st_ino, name))
+            if entry is None or (digest is not None and entry[1] != digest):
+                return None
+            del engine.origins[(st.st_dev, st.st_ino, name)]
+            return entry[0]
+
+
+def _lstat_file(path: str) -> os.stat_result | None:
+    """The lstat of a regular file, or None (missing, a directory, a symlink, a temp file)."""
+    if is_temp_name(os.path.basename(path)):
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def _walk(top: str) -> dict[str, os.stat_result]:
+    """Every regular file below ``top`` (symlinks not followed), with its lstat."""
+    out: dict[str, os.stat_result] = {}
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False) and not is_temp_name(entry.name):
+                            out[entry.path] = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return out
+
+
+def _watch_error(root: str, exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return (
+            f"cannot watch {root!r}: the inotify watch limit is reached "
+            "(raise fs.inotify.max_user_watches, see docs/watcher.md)"
+        )
+    if exc.errno == errno.EMFILE:
+        return (
+            f"cannot watch {root!r}: too many inotify instances "
+            "(raise fs.inotify.max_user_instances, see docs/watcher.md)"
+        )
+    return f"cannot watch {root!r}: {exc.strerror or exc}"

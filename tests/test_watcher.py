@@ -1,0 +1,159 @@
+"""The engine's watcher on real files with the real watchdog (inotify) observer.
+
+Each test changes files, then collects the events delivered until the watcher has been quiet
+for a while, and compares them with exactly what is expected (each event once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ploke_io_server import Config, IoManager
+from ploke_io_server.engine.watcher import FileEvent
+from ploke_io_server.types import Edit, NewFile
+
+from .conftest import b3, write
+
+DEBOUNCE_MS = 80
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.batches: asyncio.Queue[list[FileEvent]] = asyncio.Queue()
+
+    def __call__(self, events: list[FileEvent]) -> None:
+        self.batches.put_nowait(events)
+
+    async def collect(self, quiet: float = 0.6, first: float = 5.0) -> list[dict[str, Any]]:
+        """Every event until nothing came for ``quiet`` seconds (waits ``first`` for one)."""
+        out: list[dict[str, Any]] = []
+        timeout = first
+        while True:
+            try:
+                batch = await asyncio.wait_for(self.batches.get(), timeout)
+            except TimeoutError:
+                return out
+            out.extend(e.to_json() for e in batch)
+            timeout = quiet
+
+
+@pytest.fixture
+async def watched(tmp_path: Path) -> AsyncIterator[tuple[IoManager, Path, Collector]]:
+    root = tmp_path / "root"
+    root.mkdir()
+    write(root / "existing.rs", "fn old() {}\n")
+    engine = IoManager(Config.from_sources(roots=[str(root)], debounce_ms=DEBOUNCE_MS))
+    watcher = await engine.start_watcher()
+    collector = Collector()
+    watcher.subscribers.append(collector)
+    yield engine, root, collector
+    await engine.aclose()
+
+
+def ev(path: Path, kind: str, **extra: Any) -> dict[str, Any]:
+    return {"filePath": str(path), "kind": kind, **extra}
+
+
+async def test_create_modify_delete(watched: Any) -> None:
+    _engine, root, c = watched
+    f = write(root / "src" / "a.rs", "one\n")
+    assert await c.collect() == [ev(f, "created", fileHash=b3(b"one\n"))]
+    f.write_text("two\n")
+    assert await c.collect() == [ev(f, "modified", fileHash=b3(b"two\n"))]
+    f.unlink()
+    assert await c.collect() == [ev(f, "removed")]
+
+
+async def test_coalescing_in_one_window(watched: Any) -> None:
+    _engine, root, c = watched
+    a = write(root / "a.rs", "1")
+    a.write_text("12")  # create + modify -> created
+    b = write(root / "b.rs", "x")
+    b.unlink()  # create + delete -> nothing
+    existing = root / "existing.rs"
+    existing.write_text("changed")
+    existing.unlink()  # modify + delete -> removed
+    assert await c.collect() == [
+        ev(a, "created", fileHash=b3(b"12")),
+        ev(existing, "removed"),
+    ]
+
+
+async def test_rename_and_atomic_save(watched: Any) -> None:
+    _engine, root, c = watched
+    old = root / "existing.rs"
+    new = root / "moved.rs"
+    os.rename(old, new)
+    assert await c.collect() == [
+        ev(new, "renamed", oldPath=str(old), fileHash=b3(b"fn old() {}\n"))
+    ]
+    # An editor's save: temp file written, then renamed over the target.
+    tmp = write(root / ".moved.rs.swp", "fn saved() {}\n")
+    os.replace(tmp, new)
+    assert await c.collect() == [ev(new, "modified", fileHash=b3(b"fn saved() {}\n"))]
+
+
+async def test_metadata_only_changes_are_not_reported(watched: Any) -> None:
+    _engine, root, c = watched
+    f = write(root / "m.rs", "same")
+    assert [e["kind"] for e in await c.collect()] == ["created"]
+    f.chmod(0o600)
+    os.utime(f)
+    assert await c.collect(first=1.0) == []
+
+
+async def test_writes_through_the_engine_carry_their_origin(watched: Any) -> None:
+    engine, root, c = watched
+    f = root / "existing.rs"
+    old = b3(f.read_bytes())
+    [r] = await engine.write_snippets([Edit(str(f), old, 3, 6, "new")], origin="agent-7")
+    [_created] = await engine.create_files(
+        [NewFile(str(root / "pkg" / "n.rs"), "hi", create_parents=True)], origin="agent-7"
+    )
+    events = await c.collect()
+    assert events == [
+        ev(root / "pkg" / "n.rs", "created", fileHash=b3(b"hi"), origin="agent-7"),
+        ev(f, "modified", fileHash=r.new_hash, origin="agent-7"),
+    ]
+    # A later change by someone else carries no origin, and nothing about temp files appears.
+    f.write_text("by hand\n")
+    assert await c.collect() == [ev(f, "modified", fileHash=b3(b"by hand\n"))]
+
+
+async def test_directories_and_symlinks(watched: Any) -> None:
+    _engine, root, c = watched
+    d = root / "tree"
+    files = [write(d / "sub" / f"f{i}.txt", str(i)) for i in range(5)]
+    assert sorted(await c.collect(), key=lambda e: e["filePath"]) == [
+        ev(p, "created", fileHash=b3(str(i).encode())) for i, p in enumerate(files)
+    ]
+    # Symlinks are not files: making and removing them reports nothing.
+    for i in range(3):
+        (root / f"link{i}").symlink_to(files[0])
+        (root / f"dlink{i}").symlink_to(d, target_is_directory=True)
+    for i in range(3):
+        (root / f"link{i}").unlink()
+    assert await c.collect(first=1.0) == []
+    shutil.rmtree(d)
+    assert sorted(await c.collect(), key=lambda e: e["filePath"]) == [
+        ev(p, "removed") for p in files
+    ]
+
+
+async def test_a_directory_moved_in_and_out(watched: Any, tmp_path: Path) -> None:
+    _engine, root, c = watched
+    outside = tmp_path / "outside"
+    a = write(outside / "a.txt", "a")
+    os.rename(outside, root / "inside")
+    inside_a = root / "inside" / "a.txt"
+    assert await c.collect() == [ev(inside_a, "created", fileHash=b3(b"a"))]
+    os.rename(root / "inside", tmp_path / "gone")
+    assert await c.collect() == [ev(inside_a, "removed")]
+    assert not a.exists()
