@@ -213,6 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def run() -> int:
         engine = IoManager(config)
         await engine.start()  # background: remove temp files a crashed server left
+        if config.watch and config.roots_from_cli:
+            # Every client is sent changes; without --root, each client's roots are watched
+            # when it initializes instead (the cwd default is not).
+            watcher = await engine.start_watcher()
+            for text in watcher.errors:
+                print(f"ploke-io-server: {text}", file=sys.stderr)
         if not args.tcp:
             return await serve_stdio(engine)
         token: str | None = None

@@ -71,6 +71,7 @@ class Counters:
     files_created: int = 0
     temps_removed: int = 0
     cancelled: int = 0
+    notifications: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -83,6 +84,7 @@ class Counters:
             "filesCreated": self.files_created,
             "tempsRemoved": self.temps_removed,
             "cancelled": self.cancelled,
+            "notifications": self.notifications,
         }
 
 

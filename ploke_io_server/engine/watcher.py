@@ -43,14 +43,14 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from ..errors import PlokeIoError
-from ..paths import Resolver
+from ..paths import PathPolicy, Resolver
 from .read import current_hash
 from .write import is_temp_name
 
 if TYPE_CHECKING:
     from .manager import IoManager
 
-__all__ = ["FileEvent", "Watcher"]
+__all__ = ["FileEvent", "Watcher", "merge_event"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,45 @@ class FileEvent:
         if self.origin is not None:
             out["origin"] = self.origin
         return out
+
+
+def merge_event(pending: dict[str, FileEvent], event: FileEvent) -> None:
+    """Fold ``event`` into ``pending`` (path -> event not yet sent to a client).
+
+    The result is what the client must learn, relative to what it was last told: created then
+    modified is created; created then removed is nothing; removed then created is modified;
+    renamed then removed is the old path removed; a rename of a file the client never heard
+    of is a creation.
+    """
+    path = event.file_path
+    if event.kind == "renamed" and event.old_path is not None:
+        source = pending.pop(event.old_path, None)
+        if source is not None and source.kind == "created":
+            event = FileEvent(path, "created", None, event.file_hash, event.origin)
+        elif source is not None and source.kind == "renamed":
+            event = FileEvent(path, "renamed", source.old_path, event.file_hash, event.origin)
+    prev = pending.get(path)
+    if prev is None:
+        pending[path] = event
+        return
+    kind = event.kind
+    if kind == "removed":
+        if prev.kind == "created":
+            del pending[path]
+        elif prev.kind == "renamed" and prev.old_path is not None:
+            del pending[path]
+            merge_event(pending, FileEvent(prev.old_path, "removed"))
+        else:
+            pending[path] = event
+    elif kind == "modified" or kind == "created":
+        if prev.kind == "created":
+            pending[path] = FileEvent(path, "created", None, event.file_hash, event.origin)
+        elif prev.kind == "renamed":
+            pending[path] = FileEvent(path, "renamed", prev.old_path, event.file_hash, event.origin)
+        else:  # modified or removed before: the client knew the file
+            pending[path] = FileEvent(path, "modified", None, event.file_hash, event.origin)
+    else:  # renamed onto a path with a pending event: the rename says it all
+        pending[path] = event
 
 
 @attrs.define(slots=True)
@@ -159,6 +198,8 @@ class Watcher:
         self.engine = engine
         self.debounce = debounce_ms / 1000
         self.roots: list[str] = []
+        self._policy = PathPolicy.of([], engine.policy.symlink_policy)
+        """The watched roots, under the engine's symlink policy: how changed files are read."""
         self.index: dict[str, _Known] = {}
         self._observer: BaseObserver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -210,6 +251,7 @@ class Watcher:
                 self.errors.append(text)
                 continue
             self.roots.append(root)
+            self._policy = PathPolicy.of(self.roots, self.engine.policy.symlink_policy)
             found = await self._loop.run_in_executor(None, _walk, root)
             with self._lock:
                 for path, st in found.items():
@@ -322,7 +364,7 @@ class Watcher:
             prefix = d.rstrip("/") + "/"
             paths.update(p for p in list(index) if p.startswith(prefix))
             paths.update(_walk(d))
-        resolver = Resolver(self.engine.policy, self.engine.root_fds)
+        resolver = Resolver(self._policy, self.engine.root_fds)
         created: dict[str, os.stat_result] = {}
         removed: dict[str, _Known] = {}
         changed: list[tuple[str, _Known, os.stat_result]] = []

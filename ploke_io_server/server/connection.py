@@ -30,6 +30,8 @@ from pygls.exceptions import JsonRpcException
 
 from ..config import ConfigError, SymlinkPolicy
 from ..engine import IoManager
+from ..engine.watcher import FileEvent, merge_event
+from ..methods import DID_CHANGE_FILES
 from ..paths import PathPolicy
 from .framing import FrameWriter, Sink
 from .handlers import Handler, register_handlers
@@ -114,6 +116,8 @@ class Connection:
         self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._auth_deadline = asyncio.get_running_loop().time() + self.config.auth_timeout_s
         self.handlers = register_handlers(self.server, self)
+        self._outbox: dict[str, FileEvent] = {}
+        self._outbox_task: asyncio.Task[None] | None = None
         self.requests: dict[int | str, asyncio.Task[None]] = {}
         """``ploke/*`` requests running, by id (for ``$/cancelRequest``)."""
 
@@ -155,6 +159,9 @@ class Connection:
                 exit_code = await reading
         finally:
             await self._drain_inflight()
+            if self.engine.watcher is not None:
+                with contextlib.suppress(ValueError):
+                    self.engine.watcher.subscribers.remove(self._on_file_events)
             await self.writer.aclose()
         if exit_code is None:
             exit_code = 0 if self.state is State.SHUTDOWN else 1
@@ -454,7 +461,64 @@ class Connection:
             self.server.window_log_message(
                 lsp.LogMessageParams(type=lsp.MessageType.Warning, message=text)
             )
+        if not session.watch:
+            self._dispatch(message, msg_id)
+            return
+        # Answer initialize once the watcher watches this session's roots: every change the
+        # client makes after the answer is then reported.
+        task = asyncio.get_running_loop().create_task(self._start_watching(message, msg_id))
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+
+    async def _start_watching(self, message: Any, msg_id: Any) -> None:
+        try:
+            watcher = await self.engine.start_watcher(self.session.policy.root_paths())
+        except Exception as exc:
+            log.exception("%s: cannot start the watcher", self.name)
+            self.session.watch = False
+            self.server.window_log_message(
+                lsp.LogMessageParams(
+                    type=lsp.MessageType.Error, message=f"the watcher could not start: {exc}"
+                )
+            )
+        else:
+            for text in watcher.errors:
+                self.server.window_log_message(
+                    lsp.LogMessageParams(type=lsp.MessageType.Error, message=text)
+                )
+            watcher.subscribers.append(self._on_file_events)
         self._dispatch(message, msg_id)
+
+    # -- ploke/didChangeFiles ------------------------------------------------------------------
+
+    def _on_file_events(self, events: list[FileEvent]) -> None:
+        """Queue this session's share of a watcher flush; sent as the client can take it.
+
+        A client that reads slowly does not make the server buffer without bound: pending
+        events are merged per path (at most one per file) until the client catches up.
+        """
+        if self._closing or self.state is not State.READY:
+            return
+        match = self.session.policy.match
+        for event in events:
+            if match(event.file_path) is not None:
+                merge_event(self._outbox, event)
+        if self._outbox and self._outbox_task is None:
+            self._outbox_task = asyncio.get_running_loop().create_task(self._send_events())
+
+    async def _send_events(self) -> None:
+        try:
+            while self._outbox and not self._closing:
+                await self.writer.wait_drained()
+                batch = [e.to_json() for e in self._outbox.values()]
+                self._outbox.clear()
+                note = {"jsonrpc": "2.0", "method": DID_CHANGE_FILES, "params": {"events": batch}}
+                self.writer.write(json.dumps(note, ensure_ascii=False).encode())
+                self.engine.counters.notifications += 1
+        except (ConnectionError, RuntimeError):
+            self._outbox.clear()
+        finally:
+            self._outbox_task = None
 
     def _session_for(self, params: lsp.InitializeParams, opts: Any) -> tuple[Session, list[str]]:
         warnings: list[str] = []
@@ -489,8 +553,6 @@ class Connection:
                 if usable:
                     policy = PathPolicy.of(usable, policy.symlink_policy)
         watch = self.config.watch or bool(opts.watch)
-        if watch:
-            warnings.append("the watcher (ploke/didChangeFiles) is not available in this version")
         return Session(policy=policy, watch=watch), warnings
 
     # -- sending ---------------------------------------------------------------------------------

@@ -115,6 +115,8 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> dict[str, Ha
     async def status(params: StatusParams) -> StatusResult:
         s = engine.status(conn.session.policy)
         memo = conn.protocol.escape_memo
+        if engine.watcher is not None:
+            s["counters"]["watcher"] = engine.watcher.status()
         s["counters"]["jsonCache"] = {
             "hits": memo.hits,
             "misses": memo.misses,
@@ -127,7 +129,12 @@ def register_handlers(ls: PlokeLanguageServer, conn: Connection) -> dict[str, Ha
             symlink_policy=s["symlinkPolicy"],
             fd_limit=s["fdLimit"],
             max_file_bytes=s["maxFileBytes"],
-            watcher=WatcherStatus(enabled=False, debounce_ms=engine.config.debounce_ms),
+            watcher=WatcherStatus(
+                enabled=conn.session.watch
+                and engine.watcher is not None
+                and engine.watcher.running,
+                debounce_ms=engine.config.debounce_ms,
+            ),
             counters=s["counters"],
         )
 
