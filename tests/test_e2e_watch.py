@@ -129,3 +129,84 @@ async def test_events_outside_a_narrowed_session_are_not_sent(
         await narrow.close()
     finally:
         await server.stop()
+
+
+BURST_WRITER = """
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, "burst", f"d{i // 500}")
+    if i % 500 == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i}.txt"), "w") as f:
+        f.write(f"v1 {i}")
+for i in range(n):
+    with open(os.path.join(root, "burst", f"d{i // 500}", f"f{i}.txt"), "w") as f:
+        f.write(f"v2 {i}")
+"""
+
+
+async def run_burst(client: PlokeClient, workspace: Path, n: int) -> None:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", BURST_WRITER, str(workspace), str(n)
+    )
+    assert await proc.wait() == 0
+    final: dict[str, str] = {}
+    seen: set[str] = set()
+    deadline = asyncio.get_running_loop().time() + 120
+    expected = {
+        str(workspace / "burst" / f"d{i // 500}" / f"f{i}.txt"): b3(f"v2 {i}".encode())
+        for i in range(n)
+    }
+    while final != expected and asyncio.get_running_loop().time() < deadline:
+        try:
+            method, params = await asyncio.wait_for(client.notifications.get(), 10)
+        except TimeoutError:
+            break
+        if method != methods.DID_CHANGE_FILES:
+            continue
+        paths = [e["filePath"] for e in params["events"]]
+        assert len(paths) == len(set(paths)), "a path twice in one notification"
+        for e in params["events"]:
+            assert e["kind"] in ("created", "modified"), e
+            if e["filePath"] not in seen:
+                assert e["kind"] == "created", e  # the first word about a new file
+                seen.add(e["filePath"])
+            final[e["filePath"]] = e["fileHash"]
+    missing = expected.keys() - final.keys()
+    assert not missing, f"{len(missing)} files never reported, e.g. {sorted(missing)[:3]}"
+    assert final == expected
+
+
+async def test_a_burst_of_20000_files_is_reported_completely(workspace: Path) -> None:
+    client = await PlokeClient.spawn(*DEBOUNCE, root=str(workspace), init_options={"watch": True})
+    try:
+        await run_burst(client, workspace, 20_000)
+        counters = (await client.status())["counters"]["watcher"]
+        assert counters["files"] == 20_000
+    finally:
+        await client.close()
+
+
+QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+@pytest.mark.skipif(not os.access(QUEUE_LIMIT, os.W_OK), reason="needs root to lower the limit")
+async def test_nothing_is_lost_when_the_inotify_queue_overflows(workspace: Path) -> None:
+    # The limit is read when an inotify instance is made: lower it, start the server, restore.
+    saved = QUEUE_LIMIT.read_text()
+    QUEUE_LIMIT.write_text("256\n")
+    try:
+        client = await PlokeClient.spawn(
+            *DEBOUNCE, root=str(workspace), init_options={"watch": True}
+        )
+    finally:
+        QUEUE_LIMIT.write_text(saved)
+    try:
+        await run_burst(client, workspace, 20_000)
+        counters = (await client.status())["counters"]["watcher"]
+        assert counters["overflows"] >= 1 and counters["rescans"] >= 1, counters
+    finally:
+        await client.close()

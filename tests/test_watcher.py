@@ -157,3 +157,41 @@ async def test_a_directory_moved_in_and_out(watched: Any, tmp_path: Path) -> Non
     os.rename(root / "inside", tmp_path / "gone")
     assert await c.collect() == [ev(inside_a, "removed")]
     assert not a.exists()
+
+
+def test_merge_for_a_lagging_client() -> None:
+    from ploke_io_server.engine.watcher import merge_event
+
+    def run(*events: FileEvent) -> list[dict[str, Any]]:
+        pending: dict[str, FileEvent] = {}
+        for e in events:
+            merge_event(pending, e)
+        return [e.to_json() for e in pending.values()]
+
+    c, m, r = "created", "modified", "removed"
+    assert run(FileEvent("/a", c, file_hash="1"), FileEvent("/a", m, file_hash="2")) == [
+        {"filePath": "/a", "kind": c, "fileHash": "2"}
+    ]
+    assert run(FileEvent("/a", c, file_hash="1"), FileEvent("/a", r)) == []
+    assert run(FileEvent("/a", m, file_hash="1"), FileEvent("/a", r)) == [
+        {"filePath": "/a", "kind": r}
+    ]
+    assert run(FileEvent("/a", r), FileEvent("/a", c, file_hash="3")) == [
+        {"filePath": "/a", "kind": m, "fileHash": "3"}
+    ]
+    # A file the client never heard of, renamed: a creation at the new path.
+    assert run(FileEvent("/a", c, file_hash="1"), FileEvent("/b", "renamed", "/a", "1")) == [
+        {"filePath": "/b", "kind": c, "fileHash": "1"}
+    ]
+    # Renamed, then removed: the path the client knows is gone.
+    assert run(FileEvent("/b", "renamed", "/a", "1"), FileEvent("/b", r)) == [
+        {"filePath": "/a", "kind": r}
+    ]
+    # Renamed twice: one rename from the first path.
+    assert run(FileEvent("/b", "renamed", "/a", "1"), FileEvent("/c", "renamed", "/b", "1")) == [
+        {"filePath": "/c", "kind": "renamed", "oldPath": "/a", "fileHash": "1"}
+    ]
+    # Modified twice with origins: the last one wins.
+    assert run(
+        FileEvent("/a", m, file_hash="1", origin="x"), FileEvent("/a", m, file_hash="2")
+    ) == [{"filePath": "/a", "kind": m, "fileHash": "2"}]
