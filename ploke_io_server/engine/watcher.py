@@ -185,6 +185,10 @@ class _Handler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
+        if event.is_directory and event.event_type not in ("created", "deleted", "moved"):
+            # A directory "modified" only says an entry in it changed; that entry has its own
+            # event. Treating it as a hint would walk the directory on every save in it.
+            return
         paths = [os.fsdecode(event.src_path)]
         if event.dest_path:
             paths.append(os.fsdecode(event.dest_path))
@@ -360,10 +364,13 @@ class Watcher:
             for root in self.roots:
                 paths.update(_walk(root))
             paths.update(index)
-        for d in dirs:
-            prefix = d.rstrip("/") + "/"
-            paths.update(p for p in list(index) if p.startswith(prefix))
-            paths.update(_walk(d))
+        if dirs:
+            # Directories created, removed or moved: every known file below them, and every
+            # file below them now (one pass over the index for all of them).
+            prefixes = tuple(d.rstrip("/") + "/" for d in dirs)
+            paths.update(p for p in list(index) if p.startswith(prefixes))
+            for d in dirs:
+                paths.update(_walk(d))
         resolver = Resolver(self._policy, self.engine.root_fds)
         created: dict[str, os.stat_result] = {}
         removed: dict[str, _Known] = {}
