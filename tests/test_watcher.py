@@ -195,3 +195,23 @@ def test_merge_for_a_lagging_client() -> None:
     assert run(
         FileEvent("/a", m, file_hash="1", origin="x"), FileEvent("/a", m, file_hash="2")
     ) == [{"filePath": "/a", "kind": m, "fileHash": "2"}]
+
+
+async def test_a_dead_observer_thread_is_restarted_and_nothing_is_lost(watched: Any) -> None:
+    engine, root, c = watched
+    watcher = engine.watcher
+    watcher.health_check_s = 0.2
+    watcher._kick()  # start waiting with the short period
+    emitters = list(watcher._observer.emitters)
+    assert emitters
+    for e in emitters:  # the inotify reader threads end, as if they had crashed
+        e.stop()
+        e.join(5)
+    f = write(root / "while-deaf.rs", "heard later")
+    events = await c.collect(first=10)
+    assert events == [ev(f, "created", fileHash=b3(b"heard later"))]
+    assert any("stopped" in e for e in watcher.errors)
+    assert watcher.status()["rescans"] >= 1
+    # And it listens again.
+    f.write_text("heard now")
+    assert await c.collect() == [ev(f, "modified", fileHash=b3(b"heard now"))]

@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 MAX_WAIT_FACTOR = 4
 """A path that keeps changing is still reported after this many debounce periods."""
 
+HEALTH_CHECK_S = 5.0
+"""How often an idle watcher checks that its observer threads are alive."""
+
 
 @attrs.define(slots=True)
 class FileEvent:
@@ -218,6 +221,7 @@ class Watcher:
         self._ready = asyncio.Event()
         self.subscribers: list[Callable[[list[FileEvent]], None]] = []
         self.errors: list[str] = []
+        self.health_check_s = HEALTH_CHECK_S
         self.counters = {"events": 0, "flushes": 0, "overflows": 0, "rescans": 0}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -321,7 +325,11 @@ class Watcher:
         assert self._wake is not None and self._loop is not None
         await self._ready.wait()
         while True:
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.health_check_s)
+            except TimeoutError:
+                self._check_health()
+                continue
             self._wake.clear()
             # Trailing debounce: wait until nothing happened for `debounce`, or until the first
             # pending change is MAX_WAIT_FACTOR periods old.
@@ -354,6 +362,32 @@ class Watcher:
                         subscriber(events)
                     except Exception:
                         log.exception("watcher: a subscriber failed")
+
+    def _check_health(self) -> None:
+        """An observer thread that died (a bug, an OS error) is restarted, then a full rescan
+        reports whatever happened while nobody was listening."""
+        observer = self._observer
+        if observer is None:
+            return
+        dead = [e for e in observer.emitters if not e.is_alive()]
+        if not dead and observer.is_alive():
+            return
+        text = "a watcher thread stopped; restarted it and rescanning the roots"
+        log.error("%s", text)
+        self.errors.append(text)
+        try:
+            if not observer.is_alive():
+                raise RuntimeError("observer thread is gone")
+            observer.unschedule_all()
+            for root in self.roots:
+                observer.schedule(_Handler(self), root, recursive=True)
+        except Exception:
+            log.exception("watcher: cannot restart the observer")
+            return
+        with self._lock:
+            self._full_rescan = True
+            self._first = self._first or time.monotonic()
+        self._kick()
 
     def _reconcile(self, hinted: set[str], dirs: set[str], full: bool) -> list[FileEvent]:
         """Compare the index with the file system for the hinted paths; update it."""
