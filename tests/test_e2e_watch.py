@@ -210,3 +210,50 @@ async def test_nothing_is_lost_when_the_inotify_queue_overflows(workspace: Path)
         assert counters["overflows"] >= 1 and counters["rescans"] >= 1, counters
     finally:
         await client.close()
+
+
+async def test_every_kind_of_change_through_a_real_server(
+    connect: Connect, workspace: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    target = write(workspace / "doc.md", "v1\n")
+    client = await connect(workspace, *DEBOUNCE)
+
+    def ev(path: Path, kind: str, **extra: Any) -> dict[str, Any]:
+        return {"filePath": str(path), "kind": kind, **extra}
+
+    async def expect(*events: dict[str, Any], first: float = 5.0) -> None:
+        got = await events_until_quiet(client, first=first)
+        assert sorted(got, key=lambda e: e["filePath"]) == sorted(
+            events, key=lambda e: e["filePath"]
+        )
+
+    # modify, then an editor's atomic save (nothing about the temp file), then delete
+    target.write_text("v2\n")
+    await expect(ev(target, "modified", fileHash=b3(b"v2\n")))
+    tmp = write(workspace / ".doc.md.tmp", "v3\n")
+    os.replace(tmp, target)
+    await expect(ev(target, "modified", fileHash=b3(b"v3\n")))
+    # create+modify in one window is created; create+delete is nothing
+    a = write(workspace / "a.txt", "1")
+    a.write_text("12")
+    b = write(workspace / "b.txt", "x")
+    b.unlink()
+    await expect(ev(a, "created", fileHash=b3(b"12")))
+    target.unlink()
+    await expect(ev(target, "removed"))
+    # symlink churn inside the root: symlinks are not files, nothing is reported
+    for i in range(5):
+        (workspace / f"l{i}").symlink_to(a)
+    for i in range(5):
+        (workspace / f"l{i}").unlink()
+    await expect(first=1.5)
+    # a directory with files, created and removed
+    files = [write(workspace / "pkg" / "sub" / f"m{i}.rs", str(i)) for i in range(4)]
+    await expect(*(ev(p, "created", fileHash=b3(str(i).encode())) for i, p in enumerate(files)))
+    shutil.rmtree(workspace / "pkg")
+    await expect(*(ev(p, "removed") for p in files))
+    # changes outside the root are never reported
+    write(tmp_path / "elsewhere.txt", "no")
+    await expect(first=1.5)
