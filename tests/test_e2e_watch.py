@@ -257,3 +257,36 @@ async def test_every_kind_of_change_through_a_real_server(
     # changes outside the root are never reported
     write(tmp_path / "elsewhere.txt", "no")
     await expect(first=1.5)
+
+
+WATCH_LIMIT = Path("/proc/sys/fs/inotify/max_user_watches")
+
+
+@pytest.mark.skipif(not os.access(WATCH_LIMIT, os.W_OK), reason="needs root to lower the limit")
+async def test_the_watch_limit_is_reported_and_nothing_is_lost(workspace: Path) -> None:
+    dirs = [workspace / f"d{i:03}" for i in range(120)]
+    for d in dirs:
+        d.mkdir()
+    saved = WATCH_LIMIT.read_text()
+    WATCH_LIMIT.write_text("40\n")  # fewer watches than directories
+    try:
+        client = await PlokeClient.spawn(
+            *DEBOUNCE, root=str(workspace), init_options={"watch": True}
+        )
+    finally:
+        WATCH_LIMIT.write_text(saved)
+    try:
+        messages = []
+        while not client.notifications.empty():
+            messages.append(client.notifications.get_nowait())
+        logs = [p["message"] for m, p in messages if m == "window/logMessage"]
+        assert any("inotify watch limit is reached" in t for t in logs), logs
+        status = (await client.status())["counters"]["watcher"]
+        assert status["degraded"] is True
+        assert any("max_user_watches" in e for e in status["errors"])
+        # A directory that got no watch: its changes are still reported (by polling).
+        f = write(dirs[-1] / "late.rs", "still seen")
+        got = await events_until_quiet(client, quiet=1.0, first=10)
+        assert {"filePath": str(f), "kind": "created", "fileHash": b3(b"still seen")} in got
+    finally:
+        await client.close()

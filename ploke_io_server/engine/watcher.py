@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 MAX_WAIT_FACTOR = 4
 """A path that keeps changing is still reported after this many debounce periods."""
 
+POLL_S = 2.0
+"""How often the roots are rescanned when the OS watch limit kept some directory unwatched."""
+
 HEALTH_CHECK_S = 5.0
 """How often an idle watcher checks that its observer threads are alive."""
 
@@ -147,6 +150,7 @@ class _Known:
 # -- overflow detection ------------------------------------------------------------------------
 
 _overflow_listeners: list[Callable[[str], None]] = []
+_limit_listeners: list[Callable[[str, OSError], None]] = []
 _patch_lock = threading.Lock()
 _patched = False
 
@@ -179,6 +183,24 @@ def _install_overflow_hook() -> None:
                 listener(path)
 
         InotifyWatchGroup.on_queue_overflow = on_queue_overflow  # type: ignore[method-assign]
+
+        # watchdog also swallows every error of adding a watch below the root, the inotify
+        # watch limit (ENOSPC) included: the tree is then silently watched in part. This is
+        # watchdog 7.1's InotifyWatchGroup._add_callback with the limit errors reported.
+
+        def _add_callback(self: Any, path: bytes) -> None:
+            try:
+                wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback, self._id)
+                self._active_callbacks_by_path[path] = wd
+                self._active_callbacks_by_watch[wd] = path
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                    for listener in list(_limit_listeners):
+                        listener(os.fsdecode(path), exc)
+                if path == self.path:
+                    raise
+
+        InotifyWatchGroup._add_callback = _add_callback  # type: ignore[method-assign]
 
 
 class _Handler(FileSystemEventHandler):
@@ -222,6 +244,9 @@ class Watcher:
         self.subscribers: list[Callable[[list[FileEvent]], None]] = []
         self.errors: list[str] = []
         self.health_check_s = HEALTH_CHECK_S
+        self.poll_s = POLL_S
+        self.degraded = False
+        """Some directory could not be watched (OS limit): the roots are rescanned by polling."""
         self.counters = {"events": 0, "flushes": 0, "overflows": 0, "rescans": 0}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -239,6 +264,7 @@ class Watcher:
         self._wake = asyncio.Event()
         _install_overflow_hook()
         _overflow_listeners.append(self._on_overflow)
+        _limit_listeners.append(self._on_watch_limit)
         self._observer = Observer()
         self._observer.daemon = True
         self._observer.start()
@@ -271,6 +297,8 @@ class Watcher:
             with _patch_lock:
                 if self._on_overflow in _overflow_listeners:
                     _overflow_listeners.remove(self._on_overflow)
+                if self._on_watch_limit in _limit_listeners:
+                    _limit_listeners.remove(self._on_watch_limit)
             observer.stop()
             await asyncio.get_running_loop().run_in_executor(None, observer.join, 5)
         if self._flusher is not None:
@@ -282,6 +310,7 @@ class Watcher:
     def status(self) -> dict[str, Any]:
         return {
             "roots": list(self.roots),
+            "degraded": self.degraded,
             "files": len(self.index),
             "errors": list(self.errors),
             **self.counters,
@@ -313,6 +342,21 @@ class Watcher:
             self._last = now
         self._kick()
 
+    def _on_watch_limit(self, path: str, exc: OSError) -> None:
+        """A directory could not be watched (OS limit): poll the roots from now on.
+
+        The limit is per user, so any watcher of this process hitting it degrades all.
+        """
+        text = _watch_error(path, exc) + f"; polling the roots every {self.poll_s:g} s instead"
+        with self._lock:
+            first = not self.degraded
+            self.degraded = True
+            if first:
+                self.errors.append(text)
+        if first:
+            log.error("%s", text)
+        self._kick()
+
     def _kick(self) -> None:
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
@@ -326,10 +370,15 @@ class Watcher:
         await self._ready.wait()
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.health_check_s)
+                period = self.poll_s if self.degraded else self.health_check_s
+                await asyncio.wait_for(self._wake.wait(), period)
             except TimeoutError:
                 self._check_health()
-                continue
+                if not self.degraded:
+                    continue
+                with self._lock:  # degraded: a periodic full rescan finds what was not heard
+                    self._full_rescan = True
+                    self._first = self._first or time.monotonic()
             self._wake.clear()
             # Trailing debounce: wait until nothing happened for `debounce`, or until the first
             # pending change is MAX_WAIT_FACTOR periods old.
