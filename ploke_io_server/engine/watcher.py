@@ -238,6 +238,8 @@ class Watcher:
         self._first: float | None = None
         self._last = 0.0
         self._full_rescan = False
+        self._kicked = False
+        """A wake-up of the flush loop is pending: bursts wake it once, not once per event."""
         self._flusher: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._ready = asyncio.Event()
@@ -246,6 +248,7 @@ class Watcher:
         self.health_check_s = HEALTH_CHECK_S
         self.poll_s = POLL_S
         self.degraded = False
+        self._last_rescan = 0.0
         """Some directory could not be watched (OS limit): the roots are rescanned by polling."""
         self.counters = {"events": 0, "flushes": 0, "overflows": 0, "rescans": 0}
 
@@ -280,10 +283,12 @@ class Watcher:
             try:
                 self._observer.schedule(_Handler(self), root, recursive=True)
             except OSError as exc:
-                text = _watch_error(root, exc)
-                log.error("%s", text)
-                self.errors.append(text)
-                continue
+                if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                    text = _watch_error(root, exc)
+                    log.error("%s", text)
+                    self.errors.append(text)
+                    continue
+                self._on_watch_limit(root, exc)  # not even the root: it is polled
             self.roots.append(root)
             self._policy = PathPolicy.of(self.roots, self.engine.policy.symlink_policy)
             found = await self._loop.run_in_executor(None, _walk, root)
@@ -330,6 +335,9 @@ class Watcher:
             if self._first is None:
                 self._first = now
             self._last = now
+            if self._kicked:  # the flush loop is already awake: it reads _first/_last
+                return
+            self._kicked = True
         self._kick()
 
     def _on_overflow(self, path: str) -> None:
@@ -380,6 +388,8 @@ class Watcher:
                     self._full_rescan = True
                     self._first = self._first or time.monotonic()
             self._wake.clear()
+            with self._lock:
+                self._kicked = False
             # Trailing debounce: wait until nothing happened for `debounce`, or until the first
             # pending change is MAX_WAIT_FACTOR periods old.
             while True:
@@ -399,10 +409,17 @@ class Watcher:
                 dirs, self._dirs = self._dirs, set()
                 full, self._full_rescan = self._full_rescan, False
                 self._first = None
+            if self.degraded and time.monotonic() - self._last_rescan >= self.poll_s:
+                full = True  # degraded: rescan at least every poll_s, busy or not
             try:
                 events = await self._loop.run_in_executor(None, self._reconcile, hinted, dirs, full)
             except Exception:
-                log.exception("watcher: reconciling changes failed")
+                log.exception("watcher: reconciling changes failed; rescanning next time")
+                with self._lock:
+                    self._full_rescan = True
+                    self._first = self._first or time.monotonic()
+                    self._last = time.monotonic()
+                self._kick()
                 continue
             self.counters["flushes"] += 1
             if events:
@@ -421,18 +438,26 @@ class Watcher:
         dead = [e for e in observer.emitters if not e.is_alive()]
         if not dead and observer.is_alive():
             return
-        text = "a watcher thread stopped; restarted it and rescanning the roots"
-        log.error("%s", text)
-        self.errors.append(text)
         try:
-            if not observer.is_alive():
-                raise RuntimeError("observer thread is gone")
-            observer.unschedule_all()
+            if observer.is_alive():
+                observer.unschedule_all()
+            else:  # the observer's own thread is gone: a new observer
+                observer = Observer()
+                observer.daemon = True
+                observer.start()
+                self._observer = observer
             for root in self.roots:
                 observer.schedule(_Handler(self), root, recursive=True)
-        except Exception:
-            log.exception("watcher: cannot restart the observer")
+        except Exception as exc:
+            text = f"a watcher thread stopped and could not be restarted: {exc}"
+            log.exception("watcher: %s", text)
+            if text not in self.errors:
+                self.errors.append(text)
             return
+        text = "a watcher thread stopped; it was restarted and the roots rescanned"
+        log.error("%s", text)
+        if text not in self.errors:
+            self.errors.append(text)
         with self._lock:
             self._full_rescan = True
             self._first = self._first or time.monotonic()
@@ -444,6 +469,7 @@ class Watcher:
         index = self.index
         if full:
             self.counters["rescans"] += 1
+            self._last_rescan = time.monotonic()
             for root in self.roots:
                 paths.update(_walk(root))
             paths.update(index)
@@ -469,6 +495,10 @@ class Watcher:
                     created[path] = st
                 elif not old.same_stat(st):
                     changed.append((path, old, st))
+                elif path in hinted and old.digest is not None:
+                    # An event but the same stat: a rewrite within one timestamp tick looks
+                    # like this. The content decides.
+                    changed.append((path, old, st))
             events: list[FileEvent] = []
             # Renames: a file gone and a file appeared with the same inode.
             by_inode = {(k.dev, k.ino): p for p, k in removed.items()}
@@ -487,6 +517,8 @@ class Watcher:
                 self._invalidate(old)
                 events.append(FileEvent(path, "removed"))
             for path, old, st in changed:
+                if old.digest is None:  # not hashed since the watcher started: maybe cached
+                    old.digest = self.engine.stat_cache.probe(_stat_of(old))
                 digest = self._hash(resolver, path, st)
                 index[path] = _Known.of(st, digest)
                 self._invalidate(old)
@@ -522,10 +554,18 @@ class Watcher:
         engine = self.engine
         with engine._origins_lock:
             entry = engine.origins.get((st.st_dev, st.st_ino, name))
-            if entry is None or (digest is not None and entry[1] != digest):
+            if entry is None or digest is None or entry[1] != digest:
                 return None
             del engine.origins[(st.st_dev, st.st_ino, name)]
             return entry[0]
+
+
+def _stat_of(known: _Known) -> os.stat_result:
+    """A stat result with the fields the stat cache compares, from an index entry."""
+    return os.stat_result(
+        (stat.S_IFREG | 0o644, known.ino, known.dev, 1, 0, 0, known.size, 0, 0, 0),
+        {"st_mtime_ns": known.mtime_ns, "st_ctime_ns": known.ctime_ns, "st_atime_ns": 0},
+    )
 
 
 def _lstat_file(path: str) -> os.stat_result | None:

@@ -501,7 +501,18 @@ class Connection:
             return
         match = self.session.policy.match
         for event in events:
-            if match(event.file_path) is not None:
+            inside = match(event.file_path) is not None
+            old_path = event.old_path
+            if event.kind == "renamed" and old_path is not None:
+                came_from_inside = match(old_path) is not None
+                if inside and not came_from_inside:  # moved in from another root: new here
+                    event = FileEvent(
+                        event.file_path, "created", None, event.file_hash, event.origin
+                    )
+                elif came_from_inside and not inside:  # moved out of this session's roots
+                    event = FileEvent(old_path, "removed")
+                    inside = True
+            if inside:
                 merge_event(self._outbox, event)
         if self._outbox and self._outbox_task is None:
             self._outbox_task = asyncio.get_running_loop().create_task(self._send_events())
