@@ -38,7 +38,8 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-## Benchmarks (install the MCP filesystem server from npm on first use); figures to stdout
+## Benchmarks (install the MCP filesystem server from npm on first use; bench_watch compares
+## with watchman when it is installed: apt-get install watchman); figures to stdout
 ## and benchmarks/results-*.json. BENCH_TREE: a real source tree to measure as well.
 BENCH_TREE ?= $(shell $(PY) -c "import mypy, os; print(os.path.dirname(mypy.__file__))" 2>/dev/null)
 bench: $(STAMP)
@@ -46,6 +47,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_read.py --tree $(BENCH_TREE) --json benchmarks/results-tree.json
 	$(PY) benchmarks/bench_write.py --json benchmarks/results-write.json
 	$(PY) benchmarks/bench_scan.py --tree $(BENCH_TREE) --json benchmarks/results-scan.json
+	$(PY) benchmarks/bench_watch.py --json benchmarks/results-watch.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

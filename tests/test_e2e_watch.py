@@ -290,3 +290,14 @@ async def test_the_watch_limit_is_reported_and_nothing_is_lost(workspace: Path) 
         assert {"filePath": str(f), "kind": "created", "fileHash": b3(b"still seen")} in got
     finally:
         await client.close()
+
+
+async def test_the_watch_flag_serves_every_client_and_stops_cleanly(workspace: Path) -> None:
+    client = await PlokeClient.spawn("--watch", *DEBOUNCE, root=str(workspace))  # no opt-in
+    f = write(workspace / "w.rs", "w")
+    assert await events_until_quiet(client) == [
+        {"filePath": str(f), "kind": "created", "fileHash": b3(b"w")}
+    ]
+    assert (await client.status())["watcher"]["enabled"] is True
+    # shutdown + exit: the observer threads stop and the process exits 0 promptly.
+    assert await asyncio.wait_for(client.close(), 15) == 0
