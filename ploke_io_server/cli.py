@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import ipaddress
+import json
 import logging
 import os
 import sys
@@ -148,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"TCP: time a client has to authenticate (default {DEFAULT_AUTH_TIMEOUT_S:g})",
     )
     p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="stderr log lines as text (default) or one JSON object per line",
+    )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="log one span per request (method, id, items, item errors by kind, duration)",
+    )
+    p.add_argument(
         "--log-level",
         default=None,
         choices=["debug", "info", "warning", "error"],
@@ -170,21 +182,55 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def _setup_logging(level_name: str | None) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and a span's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """The plain format, with a span's fields appended as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            text += " " + " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in fields.items())
+        return text
+
+
+def _setup_logging(level_name: str | None, log_format: str, trace: bool) -> None:
+    """Logs go to stderr only (stdout carries the protocol on stdio)."""
     name = (level_name or os.environ.get(LOG_ENV) or "warning").upper()
     level = getattr(logging, name, logging.WARNING)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
     # pygls logs every message it sends at INFO: keep it quiet unless debugging.
     logging.getLogger("pygls").setLevel(max(level, logging.WARNING))
+    logging.getLogger("ploke_io_server.trace").setLevel(logging.INFO if trace else logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format, args.trace)
     try:
         config = Config.from_sources(
             roots=args.root,

@@ -9,6 +9,7 @@ one engine.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import logging
 import os
@@ -58,6 +59,51 @@ SCAN_CHUNK = 256
 """Files of one directory a scan job handles: the unit of progress and cancellation."""
 
 
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+"""Upper bounds of the per-method latency histogram buckets (plus one for anything slower)."""
+
+
+@attrs.define
+class Latency:
+    """A latency histogram of one method: counts per bucket, total count and sum."""
+
+    buckets: list[int] = attrs.field(factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    count: int = 0
+    sum_ms: float = 0.0
+    max_ms: float = 0.0
+
+    def add(self, ms: float) -> None:
+        i = bisect.bisect_left(LATENCY_BUCKETS_MS, ms)
+        self.buckets[i] += 1
+        self.count += 1
+        self.sum_ms += ms
+        self.max_ms = max(self.max_ms, ms)
+
+    def quantile(self, q: float) -> float | None:
+        """Upper bound of the bucket holding the q-quantile (None: no data or the last one)."""
+        if not self.count:
+            return None
+        rank = q * self.count
+        seen = 0
+        for bound, n in zip(LATENCY_BUCKETS_MS, self.buckets, strict=False):
+            seen += n
+            if seen >= rank:
+                return float(bound)
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        le = {f"le{b}": n for b, n in zip(LATENCY_BUCKETS_MS, self.buckets, strict=False)}
+        le["inf"] = self.buckets[-1]
+        return {
+            "count": self.count,
+            "sumMs": round(self.sum_ms, 3),
+            "maxMs": round(self.max_ms, 3),
+            "p50Ms": self.quantile(0.5),
+            "p99Ms": self.quantile(0.99),
+            "buckets": le,
+        }
+
+
 @attrs.define
 class Counters:
     """Process-wide counters, reported by ``ploke/status``."""
@@ -72,6 +118,8 @@ class Counters:
     temps_removed: int = 0
     cancelled: int = 0
     notifications: int = 0
+    latency: dict[str, Latency] = attrs.field(factory=dict)
+    """Per method, filled by the server (milliseconds from the request read to its answer)."""
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -85,6 +133,7 @@ class Counters:
             "tempsRemoved": self.temps_removed,
             "cancelled": self.cancelled,
             "notifications": self.notifications,
+            "latencyMs": {m: h.snapshot() for m, h in sorted(self.latency.items())},
         }
 
 

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import time
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -30,6 +31,7 @@ from pygls.exceptions import JsonRpcException
 
 from ..config import ConfigError, SymlinkPolicy
 from ..engine import IoManager
+from ..engine.manager import Latency
 from ..engine.watcher import FileEvent, merge_event
 from ..methods import DID_CHANGE_FILES
 from ..paths import PathPolicy
@@ -41,6 +43,8 @@ from .protocol import PlokeLanguageServer
 __all__ = ["Connection", "Session"]
 
 log = logging.getLogger(__name__)
+TRACE = logging.getLogger("ploke_io_server.trace")
+"""Request spans; enabled at INFO by ``--trace``."""
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -336,27 +340,69 @@ class Connection:
             return
         self.engine.counters.requests[method] += 1
         self.engine.in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._serve(msg_id, handler, params))
+        task = asyncio.get_running_loop().create_task(
+            self._serve(msg_id, handler, params, method, time.perf_counter())
+        )
         self.requests[msg_id] = task
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
 
-    async def _serve(self, msg_id: int | str, handler: Handler, params: Any) -> None:
+    async def _serve(
+        self, msg_id: int | str, handler: Handler, params: Any, method: str, started: float
+    ) -> None:
+        outcome = "ok"
+        kinds: dict[str, int] = {}
         try:
             result = await handler(params)
         except asyncio.CancelledError:
+            outcome = "cancelled"
             self.send_error(msg_id, REQUEST_CANCELLED, f'Request with id "{msg_id}" is canceled')
         except JsonRpcException as exc:
+            outcome = f"error {exc.code}"
             self.send_error(msg_id, exc.code, exc.message or "request failed")
         except Exception as exc:
+            outcome = "internal error"
             log.exception("%s: request %r failed", self.name, msg_id)
             self.send_error(msg_id, INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
         else:
+            if TRACE.isEnabledFor(logging.INFO):  # before sending: encoding releases the items
+                kinds = _error_kinds(result)
             self.protocol.send_result(msg_id, result)
         finally:
             self.engine.in_flight -= 1
             if self.requests.get(msg_id) is asyncio.current_task():
                 del self.requests[msg_id]
+            ms = (time.perf_counter() - started) * 1000
+            latency = self.engine.counters.latency.get(method)
+            if latency is None:
+                latency = self.engine.counters.latency[method] = Latency()
+            latency.add(ms)
+            if TRACE.isEnabledFor(logging.INFO):
+                self._trace(method, msg_id, params, kinds, outcome, ms)
+
+    def _trace(
+        self,
+        method: str,
+        msg_id: Any,
+        params: Any,
+        kinds: dict[str, int],
+        outcome: str,
+        ms: float,
+    ) -> None:
+        """One span per request (``--trace``): method, items, item errors by kind, duration."""
+        fields: dict[str, Any] = {
+            "span": method,
+            "connection": self.name,
+            "id": msg_id,
+            "ms": round(ms, 3),
+            "outcome": outcome,
+        }
+        batch = batch_size(params)
+        if batch is not None:
+            fields["items"] = batch[1]
+        if kinds:
+            fields["itemErrors"] = kinds
+        TRACE.info("%s %s %.1f ms", method, outcome, ms, extra={"fields": fields})
 
     def _cancel(self, params: Any) -> bool:
         """``$/cancelRequest`` for a running ``ploke/*`` request: True if it was one."""
@@ -574,6 +620,18 @@ class Connection:
             error["data"] = data
         payload = {"jsonrpc": "2.0", "id": msg_id, "error": error}
         self.writer.write(json.dumps(payload).encode())
+
+
+def _error_kinds(result: Any) -> dict[str, int]:
+    """Item errors of a batch result, by kind."""
+    kinds: dict[str, int] = {}
+    items = getattr(result, "results", None)
+    if isinstance(items, list):
+        for r in items:
+            kind = getattr(getattr(r, "kind", None), "name", None)
+            if kind is not None:
+                kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 def _uri_to_path(uri: str) -> str | None:
