@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from . import __version__
@@ -146,7 +146,7 @@ def _abs(path: str) -> str:
     return os.path.abspath(path)
 
 
-def _item_error(path: str, error: dict[str, Any]) -> None:
+def _item_error(path: str, error: Mapping[str, Any]) -> None:
     print(f"ploke-io: {path}: {error.get('kind')}: {error.get('message')}", file=sys.stderr)
 
 

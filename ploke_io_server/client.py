@@ -16,12 +16,81 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Required, TypedDict, cast
 
 from . import methods
 
-__all__ = ["PlokeClient", "RpcError"]
+__all__ = [
+    "ChangeEvent",
+    "CreatedItem",
+    "EditItem",
+    "HashItem",
+    "ItemError",
+    "PlokeClient",
+    "RpcError",
+    "ScanItem",
+    "SnippetItem",
+]
+
+
+class ItemError(TypedDict, total=False):
+    code: Required[int]
+    kind: Required[str]
+    message: Required[str]
+    data: dict[str, Any]
+
+
+class SnippetItem(TypedDict, total=False):
+    """``{"ok": true, "text", "fileHash"}`` or ``{"ok": false, "error"}``."""
+
+    ok: Required[bool]
+    text: str
+    fileHash: str
+    error: ItemError
+
+
+class HashItem(TypedDict, total=False):
+    ok: Required[bool]
+    fileHash: str
+    size: int
+    error: ItemError
+
+
+class ScanItem(TypedDict, total=False):
+    """``status`` is unchanged, modified (with ``newHash``), removed or error."""
+
+    status: Required[str]
+    newHash: str
+    error: ItemError
+
+
+class EditItem(TypedDict, total=False):
+    ok: Required[bool]
+    filePath: str
+    oldHash: str
+    newHash: str
+    newStartByte: int
+    newEndByte: int
+    diff: str
+    error: ItemError
+
+
+class CreatedItem(TypedDict, total=False):
+    ok: Required[bool]
+    filePath: str
+    fileHash: str
+    error: ItemError
+
+
+class ChangeEvent(TypedDict, total=False):
+    """One event of ``ploke/didChangeFiles``."""
+
+    filePath: Required[str]
+    kind: Required[str]
+    oldPath: str
+    fileHash: str
+    origin: str
 
 
 class RpcError(Exception):
@@ -49,6 +118,8 @@ class PlokeClient:
         self._ids = itertools.count(1)
         self._pending: dict[int | str, asyncio.Future[Any]] = {}
         self.notifications: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        """Every notification from the server, as (method, params)."""
+        self._events: asyncio.Queue[ChangeEvent | None] = asyncio.Queue()
         self.last_body_bytes = 0
         """Size of the last message body received (benchmarks report response sizes)."""
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -164,20 +235,20 @@ class PlokeClient:
 
     async def get_snippets(
         self, snippets: Sequence[Mapping[str, Any]], **extra: Any
-    ) -> list[dict[str, Any]]:
+    ) -> list[SnippetItem]:
         result = await self.request(methods.GET_SNIPPETS, {"snippets": list(snippets), **extra})
-        return list(result["results"])
+        return cast(list[SnippetItem], list(result["results"]))
 
-    async def hash_files(self, paths: Sequence[str], **extra: Any) -> list[dict[str, Any]]:
+    async def hash_files(self, paths: Sequence[str], **extra: Any) -> list[HashItem]:
         result = await self.request(methods.HASH_FILES, {"paths": list(paths), **extra})
-        return list(result["results"])
+        return cast(list[HashItem], list(result["results"]))
 
     async def scan_changes(
         self, files: Sequence[Mapping[str, Any]], **extra: Any
-    ) -> list[dict[str, Any]]:
+    ) -> list[ScanItem]:
         """``files``: ``{"filePath", "fileHash"}`` each; results in input order."""
         result = await self.request(methods.SCAN_CHANGES, {"files": list(files), **extra})
-        return list(result["results"])
+        return cast(list[ScanItem], list(result["results"]))
 
     async def write_snippets(
         self,
@@ -186,21 +257,36 @@ class PlokeClient:
         origin: str | None = None,
         atomic: bool = False,
         dry_run: bool = False,
-    ) -> list[dict[str, Any]]:
+    ) -> list[EditItem]:
         params: dict[str, Any] = {"edits": list(edits), "atomic": atomic, "dryRun": dry_run}
         if origin is not None:
             params["origin"] = origin
         result = await self.request(methods.WRITE_SNIPPETS, params)
-        return list(result["results"])
+        return cast(list[EditItem], list(result["results"]))
 
     async def create_files(
         self, files: Sequence[Mapping[str, Any]], *, origin: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[CreatedItem]:
         params: dict[str, Any] = {"files": list(files)}
         if origin is not None:
             params["origin"] = origin
         result = await self.request(methods.CREATE_FILES, params)
-        return list(result["results"])
+        return cast(list[CreatedItem], list(result["results"]))
+
+    async def changes(self) -> AsyncIterator[ChangeEvent]:
+        """The file changes the server reports (``ploke/didChangeFiles``), one event at a time,
+        until the connection closes. Initialize with ``init_options={"watch": True}`` (or run
+        the server with ``--watch``) to get any.
+
+            async for event in client.changes():
+                print(event["kind"], event["filePath"])
+        """
+        while True:
+            event = await self._events.get()
+            if event is None:
+                self._events.put_nowait(None)  # for any other iterator
+                return
+            yield event
 
     async def status(self) -> dict[str, Any]:
         result = await self.request(methods.STATUS)
@@ -279,12 +365,17 @@ class PlokeClient:
             self._pending.clear()
             if not self.closed.done():
                 self.closed.set_result(None)
+            self._events.put_nowait(None)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         if "method" in msg:
             if "id" in msg:  # a request from the server: answer it (progress create etc.)
                 self._write({"jsonrpc": "2.0", "id": msg["id"], "result": None})
-            self.notifications.put_nowait((msg["method"], msg.get("params")))
+            params = msg.get("params")
+            self.notifications.put_nowait((msg["method"], params))
+            if msg["method"] == methods.DID_CHANGE_FILES and isinstance(params, dict):
+                for event in params.get("events") or []:
+                    self._events.put_nowait(event)
             return
         fut = self._pending.pop(msg.get("id"), None)  # type: ignore[arg-type]
         if fut is None or fut.done():

@@ -301,3 +301,24 @@ async def test_the_watch_flag_serves_every_client_and_stops_cleanly(workspace: P
     assert (await client.status())["watcher"]["enabled"] is True
     # shutdown + exit: the observer threads stop and the process exits 0 promptly.
     assert await asyncio.wait_for(client.close(), 15) == 0
+
+
+async def test_the_client_iterates_change_events(workspace: Path) -> None:
+    client = await PlokeClient.spawn(*DEBOUNCE, root=str(workspace), init_options={"watch": True})
+    try:
+        f = write(workspace / "it.rs", "1")
+        got = []
+        async for event in client.changes():
+            got.append(event)
+            if len(got) == 1:
+                f.write_text("22")
+            if len(got) == 2:
+                break
+        assert [(e["kind"], e["filePath"]) for e in got] == [
+            ("created", str(f)),
+            ("modified", str(f)),
+        ]
+    finally:
+        await client.close()
+    # After the connection ends, the iterator ends too.
+    assert [e async for e in client.changes()] == []
