@@ -8,7 +8,7 @@ PORT   ?= 2087
 ROOT   ?= $(CURDIR)
 TOKEN_FILE ?= $(ROOT)/.ploke-io/token
 
-.PHONY: serve test lint typecheck unit bench install clean
+.PHONY: serve test lint typecheck unit editors vscode nvim-deps node-deps bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,8 @@ serve: $(STAMP)
 	$(VENV)/bin/ploke-io-server --tcp --host $(HOST) --port $(PORT) \
 		--root $(ROOT) --token-file $(TOKEN_FILE)
 
-## Lint, type-check and run the whole test suite.
-test: $(STAMP) lint typecheck unit
+## Lint, type-check and run the whole test suite (the editor integrations included).
+test: $(STAMP) lint typecheck unit editors
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -35,8 +35,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) nvim-deps
 	$(VENV)/bin/pytest -q
+
+## The VS Code extension: npm ci, tsc, node tests (one drives the real server).
+editors: vscode
+vscode: $(STAMP) node-deps
+	$(MAKE) -C editors/vscode test PLOKE_PYTHON=$(abspath $(PY))
+
+## Debian packages the tests need when they are missing: neovim (tests/test_nvim.py drives a
+## headless Neovim), node and npm (the VS Code extension's tests).
+nvim-deps:
+	@command -v nvim >/dev/null 2>&1 || { $(APT_UPDATE) && apt-get install -y -qq neovim >/dev/null; }
+node-deps:
+	@command -v npm >/dev/null 2>&1 || { $(APT_UPDATE) && apt-get install -y -qq nodejs npm >/dev/null; }
+APT_UPDATE = { [ -f /tmp/.ploke-apt-updated ] || { apt-get update -qq && touch /tmp/.ploke-apt-updated; }; }
 
 ## Benchmarks (install the MCP filesystem server from npm on first use; bench_watch compares
 ## with watchman when it is installed: apt-get install watchman); figures to stdout
