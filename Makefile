@@ -46,9 +46,9 @@ vscode: $(STAMP) node-deps
 ## Debian packages the tests need when they are missing: neovim (tests/test_nvim.py drives a
 ## headless Neovim), node and npm (the VS Code extension's tests).
 nvim-deps:
-	@command -v nvim >/dev/null 2>&1 || { $(APT_UPDATE) && apt-get install -y -qq neovim >/dev/null; }
+	@command -v nvim >/dev/null 2>&1 || { $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq neovim >/dev/null; }
 node-deps:
-	@command -v npm >/dev/null 2>&1 || { $(APT_UPDATE) && apt-get install -y -qq nodejs npm >/dev/null; }
+	@command -v npm >/dev/null 2>&1 || { $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
 APT_UPDATE = { [ -f /tmp/.ploke-apt-updated ] || { apt-get update -qq && touch /tmp/.ploke-apt-updated; }; }
 
 ## Benchmarks (install the MCP filesystem server from npm on first use; bench_watch compares
