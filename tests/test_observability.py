@@ -42,6 +42,16 @@ async def test_trace_spans_as_json_and_latency_histograms(workspace: Path) -> No
     assert snippet["itemErrors"] == {"NotFound": 1, "InvalidPath": 1}
     assert snippet["ms"] > 0 and snippet["connection"] == "stdio"
     assert sum(r["span"] == "ploke/hashFiles" for r in spans) == 3
+    # Per file: root-relative path, bytes, duration, outcome.
+    reads = [r for r in spans if r["span"] == "read"]
+    assert {(r["path"], r["outcome"]) for r in reads} == {
+        ("a.txt", "ok"),
+        ("missing", "NotFound"),
+        ("x", "InvalidPath"),
+    }
+    assert next(r for r in reads if r["path"] == "a.txt")["bytes"] == 5
+    assert all(r["ms"] >= 0 for r in reads)
+    assert sum(r["span"] == "hash" and r["path"] == "a.txt" for r in spans) == 3
 
 
 async def test_no_trace_by_default(workspace: Path) -> None:
@@ -50,3 +60,27 @@ async def test_no_trace_by_default(workspace: Path) -> None:
     await client.close()
     assert client.process is not None and client.process.stderr is not None
     assert b"ploke/status" not in await client.process.stderr.read()
+
+
+async def test_write_create_and_scan_spans(workspace: Path) -> None:
+    from .conftest import b3
+
+    f = write(workspace / "d" / "w.txt", "abc")
+    client = await PlokeClient.spawn(
+        "--trace", "--log-format", "json", root=str(workspace), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        edit = {"filePath": str(f), "expectedHash": "0" * 64, "startByte": 0, "endByte": 1,
+                "replacement": "z"}  # fmt: skip
+        [w] = await client.write_snippets([edit])
+        assert not w["ok"]
+        await client.create_files([{"filePath": str(workspace / "d" / "n.txt"), "content": "hi"}])
+        await client.scan_changes([{"filePath": str(f), "fileHash": b3(b"abc")}])
+    finally:
+        await client.close()
+    assert client.process is not None and client.process.stderr is not None
+    records = [json.loads(x) for x in (await client.process.stderr.read()).decode().splitlines()]
+    spans = {r["span"]: r for r in records if r["logger"] == "ploke_io_server.trace"}
+    assert spans["write"]["path"] == "d/w.txt" and spans["write"]["outcome"] == "ContentMismatch"
+    assert spans["create"]["path"] == "d/n.txt" and spans["create"]["bytes"] == 2
+    assert spans["scan"]["directory"] == "d" and spans["scan"]["files"] == 1

@@ -14,6 +14,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -185,10 +186,13 @@ class IoManager:
         max_bytes = self.config.max_file_bytes
 
         def work(resolver: Resolver, job: tuple[str, list[tuple[int, SnippetRequest]]]) -> None:
+            started = time.perf_counter() if TRACE.isEnabledFor(logging.INFO) else 0.0
             n = read.snippets_of_file(
                 resolver, job[0], job[1], results, max_bytes, self.utf8, self.stat_cache
             )
             self._count_read(n)
+            if started:
+                _span("read", resolver, job[0], started, n, results[job[1][0][0]])
 
         await self._run(policy, list(groups.items()), work, progress, inline=inline)
         return self._finish(results)
@@ -207,10 +211,13 @@ class IoManager:
         max_bytes = self.config.max_file_bytes
 
         def work(resolver: Resolver, job: tuple[str, list[tuple[int, str]]]) -> None:
+            started = time.perf_counter() if TRACE.isEnabledFor(logging.INFO) else 0.0
             result, n = read.hash_one(resolver, job[0], max_bytes, self.stat_cache)
             self._count_read(n)
             for i, _p in job[1]:
                 results[i] = result
+            if started:
+                _span("hash", resolver, job[0], started, n, result)
 
         await self._run(policy, list(groups.items()), work, progress, inline=inline)
         return self._finish(results)
@@ -275,13 +282,23 @@ class IoManager:
 
         def work(resolver: Resolver, job: tuple[str, Any, bool]) -> None:
             key, entries, is_directory = job
+            started = time.perf_counter() if TRACE.isEnabledFor(logging.INFO) else 0.0
             if is_directory:
                 n, nbytes = read.scan_directory(resolver, key, entries, results, max_bytes, cache)
                 self._count_reads(n, nbytes)
+                if started:
+                    TRACE.info(
+                        "scan %s", key, extra={"fields": {
+                            "span": "scan", "directory": resolver.shown(key) or ".",
+                            "files": len(entries), "read": n, "bytes": nbytes,
+                            "ms": round((time.perf_counter() - started) * 1000, 3)}},
+                    )  # fmt: skip
                 return
             found, nread = read.scan_one(resolver, entries[0][1], max_bytes, cache)
             self._count_read(nread)
             read.fill_scan(results, entries, found)
+            if started:
+                _span("scan", resolver, key, started, nread, found)
 
         await self._run(
             policy, jobs, work, progress, inline=inline, weight=lambda j: len(j[1]) if j[2] else 1
@@ -327,6 +344,16 @@ class IoManager:
         )
 
         def one_file(resolver: Resolver, job: tuple[str, list[tuple[int, Edit]]]) -> None:
+            started = time.perf_counter() if TRACE.isEnabledFor(logging.INFO) else 0.0
+            try:
+                write_one(resolver, job)
+            finally:
+                if started:
+                    first = results[job[1][0][0]]
+                    _span("write" if not dry_run else "dryRun", resolver, job[0], started,
+                          None, first)  # fmt: skip
+
+        def write_one(resolver: Resolver, job: tuple[str, list[tuple[int, Edit]]]) -> None:
             path, group = job
             try:
                 located = resolver.locate(path)
@@ -486,6 +513,15 @@ class IoManager:
         gate = _CommitGate()
 
         def one(resolver: Resolver, job: tuple[int, NewFile]) -> None:
+            started = time.perf_counter() if TRACE.isEnabledFor(logging.INFO) else 0.0
+            try:
+                create_one(resolver, job)
+            finally:
+                if started:
+                    _span("create", resolver, job[1].file_path, started,
+                          len(job[1].content.encode()), results[job[0]])  # fmt: skip
+
+        def create_one(resolver: Resolver, job: tuple[int, NewFile]) -> None:
             i, new = job
             try:
                 created = write.create_file(
@@ -732,6 +768,30 @@ class IoManager:
 
 
 _COUNTER_LOCK = threading.Lock()
+
+TRACE = logging.getLogger("ploke_io_server.trace")
+"""Spans per request (server) and per file (here); enabled at INFO by ``--trace``."""
+
+
+def _span(
+    op: str, resolver: Resolver, path: str, started: float, nbytes: int | None, result: Any
+) -> None:
+    """One file operation's span: root-relative path, bytes, duration, outcome."""
+    if result is None:
+        outcome = "cancelled"
+    else:
+        outcome = result.kind.name if isinstance(result, PlokeIoError) else "ok"
+    fields: dict[str, Any] = {
+        "span": op,
+        "path": resolver.shown(path) if isinstance(path, str) else repr(path),
+        "ms": round((time.perf_counter() - started) * 1000, 3),
+        "outcome": outcome,
+    }
+    if nbytes is not None and nbytes >= 0:
+        fields["bytes"] = nbytes
+    TRACE.info("%s %s %s", op, fields["path"], outcome, extra={"fields": fields})
+
+
 _I = TypeVar("_I")
 
 
