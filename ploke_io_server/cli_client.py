@@ -104,16 +104,18 @@ async def _connect(args: argparse.Namespace) -> PlokeClient:
                 raise UsageError(f"--connect wants HOST:PORT, got {args.connect!r}")
             token = os.environ.get(TOKEN_ENV)
             if args.token_file:
-                with open(args.token_file, encoding="utf-8") as f:
-                    token = f.read().strip()
+                try:
+                    with open(args.token_file, encoding="utf-8") as f:
+                        token = f.read().strip()
+                except OSError as exc:
+                    raise UsageError(f"cannot read the token file: {exc}") from None
             if token:
                 opts["authToken"] = token
             client = await PlokeClient.connect(host or "127.0.0.1", int(port), initialize=False)
         else:
             root = os.path.abspath(args.root or os.getcwd())
-            client = await PlokeClient.spawn(
-                root=root, initialize=False, stderr=asyncio.subprocess.DEVNULL
-            )
+            # The server's stderr is the user's: a startup error (a bad --root) shows there.
+            client = await PlokeClient.spawn(root=root, initialize=False)
     except OSError as exc:
         raise UsageError(f"cannot connect: {exc}") from None
     try:
@@ -131,6 +133,8 @@ async def _quietly_close(client: PlokeClient) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if args.command == "scan":
+        args.scan_pairs = _scan_pairs(args)
     client = await _connect(args)
     try:
         command = _COMMANDS[args.command]
@@ -238,7 +242,11 @@ async def _hash(client: PlokeClient, args: argparse.Namespace, out: TextIO) -> i
 
 def _read_hash_list(path: str) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
-    with open(path, encoding="utf-8") as f:
+    try:
+        f = open(path, encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():
@@ -250,17 +258,25 @@ def _read_hash_list(path: str) -> list[tuple[str, str]]:
     return pairs
 
 
-async def _scan(client: PlokeClient, args: argparse.Namespace, out: TextIO) -> int:
+def _scan_pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (path, hash) pairs of a scan, checked before any server is started."""
     pairs: list[tuple[str, str]] = []
     for item in args.pairs:
         name, sep, digest = item.rpartition("=")
-        if not sep:
+        if not sep or not name:
             raise UsageError(f"expected FILE=HASH, got {item!r}")
+        if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+            raise UsageError(f"{item!r}: a hash is 64 hex digits (BLAKE3, as b3sum prints)")
         pairs.append((name, digest))
     if args.hashes:
         pairs += _read_hash_list(args.hashes)
     if not pairs:
         raise UsageError("nothing to scan: give FILE=HASH pairs or --hashes LIST")
+    return pairs
+
+
+async def _scan(client: PlokeClient, args: argparse.Namespace, out: TextIO) -> int:
+    pairs = args.scan_pairs
     files = [{"filePath": _abs(name), "fileHash": digest} for name, digest in pairs]
     show = args.progress or sys.stderr.isatty()
     token = "ploke-io-scan"
@@ -290,7 +306,7 @@ async def _scan(client: PlokeClient, args: argparse.Namespace, out: TextIO) -> i
         elif status == "removed":
             out.write(f"removed   {name}\n")
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    out.write(f"{len(results)} files: {summary}\n")
+    out.write(f"{len(results)} file{'s' if len(results) != 1 else ''}: {summary}\n")
     return 1 if failed else 0
 
 

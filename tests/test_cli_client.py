@@ -70,6 +70,11 @@ def test_scan_with_a_b3sum_list_and_a_progress_bar(tree: Path) -> None:
     assert "100% 3/3 files" in r.stderr
     bad = run("scan", "README.md", cwd=tree)
     assert bad.returncode == 2 and "expected FILE=HASH" in bad.stderr
+    bad = run("scan", "README.md=abc", cwd=tree)
+    assert bad.returncode == 2 and "a hash is 64 hex digits" in bad.stderr
+    bad = run("scan", "--hashes", "missing.b3", cwd=tree)
+    assert bad.returncode == 2 and "cannot read missing.b3" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_write_dry_run_conflict_and_create(tree: Path) -> None:
@@ -109,6 +114,10 @@ async def test_tcp_with_token_wrong_token_and_watch(tree: Path, tmp_path: Path) 
         assert "authentication failed: wrong or missing authToken" in r.stderr
         r = await asyncio.to_thread(run, "--connect", "127.0.0.1:1", "status", cwd=tree)
         assert r.returncode == 2 and "cannot connect" in r.stderr
+        r = await asyncio.to_thread(
+            run, "--connect", addr, "--token-file", str(tmp_path / "nope"), "status", cwd=tree
+        )
+        assert r.returncode == 2 and "cannot read the token file" in r.stderr
         # watch: prints events as they arrive (stops after --count)
         proc = await asyncio.create_subprocess_exec(
             *CLI, "--connect", addr, "--token-file", str(token_file), "watch", "--count", "1",

@@ -287,10 +287,11 @@ class IoManager:
                 n, nbytes = read.scan_directory(resolver, key, entries, results, max_bytes, cache)
                 self._count_reads(n, nbytes)
                 if started:
+                    shown = resolver.shown(key) or "."
                     TRACE.info(
-                        "scan %s", key, extra={"fields": {
-                            "span": "scan", "directory": resolver.shown(key) or ".",
-                            "files": len(entries), "read": n, "bytes": nbytes,
+                        "scan %s", shown, extra={"fields": {
+                            "span": "scan", "directory": shown, "files": len(entries),
+                            "read": n, "bytes": nbytes, "outcome": "ok",
                             "ms": round((time.perf_counter() - started) * 1000, 3)}},
                     )  # fmt: skip
                 return
