@@ -652,19 +652,17 @@ class IoManager:
         return out
 
     def _count_reads(self, files: int, nbytes: int) -> None:
+        # Counters are updated from worker threads; int += under the GIL can interleave, so
+        # take a lock (cheap next to a file read).
         if files:
             with _COUNTER_LOCK:
                 self.counters.files_read += files
                 self.counters.bytes_read += nbytes
 
     def _count_read(self, nbytes: int | None) -> None:
-        # Counters are updated from worker threads; int += under the GIL can interleave, so
-        # take a lock (cheap next to a file read).
-        if nbytes is None:
-            return
-        with _COUNTER_LOCK:
-            self.counters.files_read += 1
-            self.counters.bytes_read += nbytes
+        """One file read (None: it was not read)."""
+        if nbytes is not None:
+            self._count_reads(1, nbytes)
 
     async def _run(
         self,

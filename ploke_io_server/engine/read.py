@@ -315,6 +315,16 @@ def scan_directory(
     ``entries`` are (name, path as sent, requests naming it).
     """
     started = time.time_ns()
+    files = nbytes = hits = misses = 0
+
+    def general_route(group: ScanGroup) -> None:
+        """Scan one path by the per-path route (the policy follows symlinks), and count."""
+        nonlocal files, nbytes
+        found, n = scan_one(resolver, group[0][1], max_bytes, cache)
+        fill_scan(results, group, found)
+        if n is not None:
+            files, nbytes = files + 1, nbytes + n
+
     try:
         dir_fd = resolver.directory(directory)
     except PlokeIoError as err:
@@ -324,14 +334,9 @@ def scan_directory(
             return 0, 0
         # Outside the roots, a symlink, no permission...: each file by the general route, so
         # that each gets its own message (and a symlinked directory the policy's decision).
-        files = nbytes = 0
         for _name, _path, group in entries:
-            found, n = scan_one(resolver, group[0][1], max_bytes, cache)
-            fill_scan(results, group, found)
-            if n is not None:
-                files, nbytes = files + 1, nbytes + n
+            general_route(group)
         return files, nbytes
-    files = nbytes = hits = misses = 0
     # The cache probe, inlined (this loop runs once per file of a scan): see StatCache.probe.
     known: collections.OrderedDict[int, bytes] = (
         cache.entries if cache is not None else collections.OrderedDict()
@@ -358,14 +363,10 @@ def scan_directory(
                     continue
                 if not S_ISREG(st.st_mode):
                     if S_ISLNK(st.st_mode):
-                        found, n = scan_one(resolver, group[0][1], max_bytes, cache)
-                        if n is not None:
-                            files, nbytes = files + 1, nbytes + n
+                        general_route(group)
                     else:
-                        found = PlokeIoError(
-                            ErrorKind.NotAFile, f"{resolver.shown(path)}: not a regular file"
-                        )
-                    fill_scan(results, group, found)
+                        not_a_file = f"{resolver.shown(path)}: not a regular file"
+                        fill_scan(results, group, PlokeIoError(ErrorKind.NotAFile, not_a_file))
                     continue
                 value = known.get(st.st_ino)
                 if value is not None and value.startswith(
@@ -385,10 +386,7 @@ def scan_directory(
                         dir_fd, name, resolver, path, max_bytes, cache, started
                     )
                 except _Symlinked:
-                    found, n = scan_one(resolver, group[0][1], max_bytes, cache)
-                    if n is not None:
-                        files, nbytes = files + 1, nbytes + n
-                    fill_scan(results, group, found)
+                    general_route(group)
                     continue
                 except PlokeIoError as err:
                     fill_scan(results, group, REMOVED if err.kind is ErrorKind.NotFound else err)

@@ -66,16 +66,9 @@ class StatCache:
 
     def lookup(self, st: os.stat_result) -> str | None:
         """The hex digest of the file ``st`` describes, if a trusted entry matches exactly."""
-        prefix = STAT_KEY.pack(st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        ino = st.st_ino
-        with self._lock:
-            value = self.entries.get(ino)
-            if value is not None and value.startswith(prefix):
-                self.entries.move_to_end(ino)
-                self.hits += 1
-                return value[32:].hex()
-            self.misses += 1
-        return None
+        digest = self.probe(st)
+        self.count(1 if digest is not None else 0, 1 if digest is None else 0)
+        return digest
 
     def probe(self, st: os.stat_result) -> str | None:
         """:meth:`lookup` without counting (the caller counts, see :meth:`count`).

@@ -344,10 +344,7 @@ class Watcher:
         log.warning("inotify queue overflow below %r: rescanning the roots", path)
         with self._lock:
             self.counters["overflows"] += 1
-            self._full_rescan = True
-            now = time.monotonic()
-            self._first = self._first or now
-            self._last = now
+        self._mark_rescan(restart_debounce=True)
         self._kick()
 
     def _on_watch_limit(self, path: str, exc: OSError) -> None:
@@ -384,9 +381,7 @@ class Watcher:
                 self._check_health()
                 if not self.degraded:
                     continue
-                with self._lock:  # degraded: a periodic full rescan finds what was not heard
-                    self._full_rescan = True
-                    self._first = self._first or time.monotonic()
+                self._mark_rescan()  # degraded: a periodic full rescan finds what was not heard
             self._wake.clear()
             with self._lock:
                 self._kicked = False
@@ -415,10 +410,7 @@ class Watcher:
                 events = await self._loop.run_in_executor(None, self._reconcile, hinted, dirs, full)
             except Exception:
                 log.exception("watcher: reconciling changes failed; rescanning next time")
-                with self._lock:
-                    self._full_rescan = True
-                    self._first = self._first or time.monotonic()
-                    self._last = time.monotonic()
+                self._mark_rescan(restart_debounce=True)
                 self._kick()
                 continue
             self.counters["flushes"] += 1
@@ -458,10 +450,17 @@ class Watcher:
         log.error("%s", text)
         if text not in self.errors:
             self.errors.append(text)
+        self._mark_rescan()
+        self._kick()
+
+    def _mark_rescan(self, *, restart_debounce: bool = False) -> None:
+        """Make the next flush a full rescan of the roots (and make a flush pending)."""
+        now = time.monotonic()
         with self._lock:
             self._full_rescan = True
-            self._first = self._first or time.monotonic()
-        self._kick()
+            self._first = self._first or now
+            if restart_debounce:
+                self._last = now
 
     def _reconcile(self, hinted: set[str], dirs: set[str], full: bool) -> list[FileEvent]:
         """Compare the index with the file system for the hinted paths; update it."""

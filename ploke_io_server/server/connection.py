@@ -1,7 +1,8 @@
-"""One client connection: framing, the LSP lifecycle of the contract, dispatch to pygls.
+"""One client connection: framing, the LSP lifecycle of the contract, dispatch.
 
-pygls does the per-method dispatch, cancellation (``$/cancelRequest``), progress and the
-serialisation of results. This module owns what pygls 2.1 leaves out or gets wrong for us:
+``ploke/*`` requests are dispatched here (one task each, with their own ``$/cancelRequest``
+registry); pygls handles the LSP lifecycle methods, ``$/progress`` and other notifications.
+This module owns what pygls 2.1 leaves out or gets wrong for us:
 
 * reading frames robustly: a bad header, a non-JSON body or an oversized message gets a
   JSON-RPC error and the connection keeps going;
@@ -37,7 +38,7 @@ from ..methods import DID_CHANGE_FILES
 from ..paths import PathPolicy
 from .framing import FrameWriter, Sink
 from .handlers import Handler, register_handlers
-from .models import REQUEST_TYPES, EscapeMemo, ParamsError, batch_size, parse_init_options
+from .models import STRUCTURE_PARAMS, EscapeMemo, ParamsError, batch_size, parse_init_options
 from .protocol import PlokeLanguageServer
 
 __all__ = ["Connection", "Session"]
@@ -416,7 +417,7 @@ class Connection:
         return True
 
     def _ploke_params(self, method: str, raw: Any) -> Any:
-        params = REQUEST_TYPES[method][1](raw)
+        params = STRUCTURE_PARAMS[method](raw)
         batch = batch_size(params)
         if batch is not None and batch[1] > self.config.max_batch_items:
             raise ParamsError(

@@ -37,28 +37,22 @@ from ..types import (
 )
 
 __all__ = [
-    "REQUEST_TYPES",
+    "STRUCTURE_PARAMS",
     "CreateFilesParams",
-    "CreateFilesRequest",
     "CreateFilesResult",
     "EscapeMemo",
     "GetSnippetsParams",
-    "GetSnippetsRequest",
     "GetSnippetsResult",
     "HashFilesParams",
-    "HashFilesRequest",
     "HashFilesResult",
     "InitOptions",
     "ParamsError",
     "ScanChangesParams",
-    "ScanChangesRequest",
     "ScanChangesResult",
     "StatusParams",
-    "StatusRequest",
     "StatusResult",
     "WatcherStatus",
     "WriteSnippetsParams",
-    "WriteSnippetsRequest",
     "WriteSnippetsResult",
     "batch_size",
     "encode_response",
@@ -397,65 +391,14 @@ def parse_init_options(value: Any) -> InitOptions:
     return InitOptions(auth_token=token, symlink_policy=policy, watch=watch)
 
 
-# -- request messages (what pygls dispatches) ---------------------------------------------------
-
-
-@attrs.define
-class GetSnippetsRequest:
-    id: MsgId
-    params: GetSnippetsParams
-    method: str = methods.GET_SNIPPETS
-    jsonrpc: str = "2.0"
-
-
-@attrs.define
-class ScanChangesRequest:
-    id: MsgId
-    params: ScanChangesParams
-    method: str = methods.SCAN_CHANGES
-    jsonrpc: str = "2.0"
-
-
-@attrs.define
-class HashFilesRequest:
-    id: MsgId
-    params: HashFilesParams
-    method: str = methods.HASH_FILES
-    jsonrpc: str = "2.0"
-
-
-@attrs.define
-class StatusRequest:
-    id: MsgId
-    params: StatusParams
-    method: str = methods.STATUS
-    jsonrpc: str = "2.0"
-
-
-@attrs.define
-class WriteSnippetsRequest:
-    id: MsgId
-    params: WriteSnippetsParams
-    method: str = methods.WRITE_SNIPPETS
-    jsonrpc: str = "2.0"
-
-
-@attrs.define
-class CreateFilesRequest:
-    id: MsgId
-    params: CreateFilesParams
-    method: str = methods.CREATE_FILES
-    jsonrpc: str = "2.0"
-
-
-# method -> (request message class, params structuring function)
-REQUEST_TYPES: dict[str, tuple[type[Any], Callable[[Any], Any]]] = {
-    methods.GET_SNIPPETS: (GetSnippetsRequest, structure_get_snippets),
-    methods.HASH_FILES: (HashFilesRequest, structure_hash_files),
-    methods.SCAN_CHANGES: (ScanChangesRequest, structure_scan_changes),
-    methods.STATUS: (StatusRequest, structure_status),
-    methods.WRITE_SNIPPETS: (WriteSnippetsRequest, structure_write_snippets),
-    methods.CREATE_FILES: (CreateFilesRequest, structure_create_files),
+# method -> the function that structures its params (ParamsError for the whole request)
+STRUCTURE_PARAMS: dict[str, Callable[[Any], Any]] = {
+    methods.GET_SNIPPETS: structure_get_snippets,
+    methods.HASH_FILES: structure_hash_files,
+    methods.SCAN_CHANGES: structure_scan_changes,
+    methods.STATUS: structure_status,
+    methods.WRITE_SNIPPETS: structure_write_snippets,
+    methods.CREATE_FILES: structure_create_files,
 }
 
 
@@ -695,13 +638,6 @@ def _unstructure_status(s: StatusResult) -> dict[str, Any]:
     }
 
 
-def _request_hook(cls: type[Any], params: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
-    def hook(data: Any, _t: Any) -> Any:
-        return cls(id=data["id"], params=params(data.get("params")), jsonrpc=data["jsonrpc"])
-
-    return hook
-
-
 def make_converter() -> cattrs.Converter:
     """lsprotocol's converter plus the hooks of every ``ploke/*`` shape.
 
@@ -709,8 +645,6 @@ def make_converter() -> cattrs.Converter:
     out: every method we serve is typed, and unknown ones are answered -32601 unread.
     """
     converter = get_converter()
-    for cls, params in REQUEST_TYPES.values():
-        converter.register_structure_hook(cls, _request_hook(cls, params))
     converter.register_structure_hook(GetSnippetsParams, structure_get_snippets)
     converter.register_structure_hook(HashFilesParams, structure_hash_files)
     converter.register_structure_hook(StatusParams, structure_status)

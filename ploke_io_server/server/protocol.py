@@ -14,7 +14,7 @@ from pygls.protocol import JsonRPCResponseMessage, LanguageServerProtocol
 
 from .. import __version__
 from .framing import FrameWriter
-from .models import REQUEST_TYPES, EscapeMemo, encode_response, make_converter
+from .models import EscapeMemo, encode_response, make_converter
 
 __all__ = ["PlokeLanguageServer", "PlokeProtocol"]
 
@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class PlokeProtocol(LanguageServerProtocol):
-    """LSP protocol whose ``ploke/*`` params are structured by our typed models.
+    """LSP protocol that encodes ``ploke/*`` results with our typed models.
 
-    It also chooses the encoder: pygls 2.1 has no public hook for it, so ``_send_data`` is
+    It chooses the encoder: pygls 2.1 has no public hook for it, so ``_send_data`` is
     overridden (pygls is pinned to 2.1.x; tests/test_e2e_read.py checks the wire format).
     Batch results are encoded in chunks and handed to the connection's FrameWriter, which
     writes them with flow control.
@@ -36,13 +36,6 @@ class PlokeProtocol(LanguageServerProtocol):
         self.frame_writer: FrameWriter | None = None
         self.escape_memo = EscapeMemo(0)
         """Shared by every connection of the process; set by the Connection."""
-
-    def get_message_type(self, method: str) -> type[Any] | None:  # type: ignore[override]
-        entry = REQUEST_TYPES.get(method)
-        if entry is not None:
-            return entry[0]
-        result: type[Any] | None = super().get_message_type(method)
-        return result
 
     def _default(self, obj: Any) -> Any:
         if hasattr(obj, "__attrs_attrs__"):
