@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         "network file system whose clock drifts)",
     )
     p.add_argument(
+        "--no-trust-watcher",
+        dest="trust_watcher",
+        action="store_false",
+        help="while the watcher runs, scans still stat every file (by default a file the "
+        "watcher has heard nothing about since it was indexed is confirmed from its index)",
+    )
+    p.add_argument(
         "--debounce-ms",
         type=int,
         default=None,
@@ -244,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stat_cache_entries=args.stat_cache_entries,
             stat_cache_bytes=args.stat_cache_bytes,
             racy_margin_ms=args.racy_margin_ms,
+            trust_watcher=args.trust_watcher,
             debounce_ms=args.debounce_ms,
             watch=args.watch,
         )

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Required, TypedDict, cast
 
-from . import methods
+from . import fastjson, methods
 
 __all__ = [
     "ChangeEvent",
@@ -333,7 +332,7 @@ class PlokeClient:
         self._writer.write(data)
 
     def _write(self, msg: Mapping[str, Any]) -> None:
-        body = json.dumps(msg, ensure_ascii=False).encode()
+        body = fastjson.dumps(msg)
         self._writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
     async def _read_loop(self) -> None:
@@ -355,7 +354,7 @@ class PlokeClient:
                         length = int(value)
                 body = await reader.readexactly(length)
                 self.last_body_bytes = length
-                self._dispatch(json.loads(body))
+                self._dispatch(fastjson.loads(body))
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             error = ConnectionError(f"connection lost: {exc}")
         finally:

@@ -154,6 +154,8 @@ class Config:
     """Memory budget of the stat cache (estimated per entry); the smaller bound wins."""
     racy_margin_ms: int = DEFAULT_RACY_MARGIN_MS
     """A file changed less than this before it was hashed is not put in the stat cache."""
+    trust_watcher: bool = True
+    """While the watcher runs, scans confirm files it heard nothing about without a stat."""
     roots_from_cli: bool = True
     """False when the roots are the current-directory default, which a client may replace."""
     symlink_policy_from_cli: bool = False
@@ -176,6 +178,7 @@ class Config:
         stat_cache_entries: int | None = None,
         stat_cache_bytes: int | None = None,
         racy_margin_ms: int | None = None,
+        trust_watcher: bool = True,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
     ) -> Config:
@@ -223,6 +226,7 @@ class Config:
             if stat_cache_bytes is None
             else stat_cache_bytes,
             racy_margin_ms=DEFAULT_RACY_MARGIN_MS if racy_margin_ms is None else racy_margin_ms,
+            trust_watcher=trust_watcher,
             roots_from_cli=bool(given),
             symlink_policy_from_cli=bool(symlink_policy),
         )

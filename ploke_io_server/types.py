@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import NamedTuple
 
 import attrs
 
@@ -109,9 +110,11 @@ class Created:
     file_hash: str
 
 
-@attrs.define(slots=True)
-class ScanRequest:
-    """A file the client knows with ``file_hash``: has it changed?"""
+class ScanRequest(NamedTuple):
+    """A file the client knows with ``file_hash``: has it changed?
+
+    A plain ``(path, hash)`` tuple is accepted wherever one is expected.
+    """
 
     file_path: str
     file_hash: str

@@ -31,7 +31,7 @@ from ..types import (
     HashResult,
     NewFile,
     ProgressFn,
-    ScanRequest,
+    Scanned,
     ScanResult,
     SnippetRequest,
     SnippetResult,
@@ -47,6 +47,28 @@ log = logging.getLogger(__name__)
 WRITE_PARALLELISM = 16
 """Worker threads one write batch uses: commits wait on fsync (the GIL is free meanwhile), so
 files of a batch are written in parallel to overlap their fsyncs."""
+
+_SPECIAL_NAMES = frozenset({"", ".", ".."})
+
+
+def _plain_directory(directory: str) -> bool:
+    """An absolute directory without "//", "." or ".." components or NUL ("" is "/")."""
+    if directory and not directory.startswith("/"):
+        return False
+    spelled = directory + "/"
+    return (
+        "//" not in spelled
+        and "/./" not in spelled
+        and "/../" not in spelled
+        and "\x00" not in directory
+    )
+
+
+TRUST_MIN_FILES = 512
+"""Scans of fewer files stat each one: a cookie round trip (~1 ms) costs more than that."""
+
+CONFIRM_CHUNK = 4096
+"""Files confirmed from the watcher's index per job (cancellation is checked between jobs)."""
 
 BATCH_PARALLELISM = 1
 """Worker threads one batch uses. Files in the page cache are CPU work under the GIL, where
@@ -224,7 +246,7 @@ class IoManager:
 
     async def scan_changes(
         self,
-        files: Sequence[ScanRequest | PlokeIoError],
+        files: Sequence[tuple[str, str] | PlokeIoError],
         *,
         policy: PathPolicy | None = None,
         progress: ProgressFn | None = None,
@@ -232,78 +254,129 @@ class IoManager:
     ) -> list[ScanResult]:
         """Which files changed since the client hashed them: results in input order.
 
-        A file whose stat matches a trusted stat-cache entry is not read. A file that no
-        longer exists (or can no longer be reached) is ``removed``; every other problem is
-        that item's error. Each distinct (path, hash) is looked at once.
+        ``files`` are ``(path, hash)`` pairs (:class:`ScanRequest` or plain tuples), or the
+        error an item already is. A file whose stat matches a trusted stat-cache entry is
+        not read. A file that no longer exists (or can no longer be reached) is ``removed``;
+        every other problem is that item's error. Each distinct path is looked at once.
         """
-        results: list[ScanResult | None] = [None] * len(files)
+        n_files = len(files)
+        results: list[ScanResult | None] = [None] * n_files
         max_bytes = self.config.max_file_bytes
         cache = self.stat_cache
-        # One pass: each distinct path once; plain names go to their directory's job (resolved
+        candidates: Sequence[int] = range(n_files)
+        # A large scan while the watcher runs: first, the files it heard nothing about are
+        # confirmed from its index, without a system call (it syncs first: see
+        # Watcher.trusted_view); only the others take the stat route below.
+        confirmed = 0
+        watcher = self.watcher
+        view = None
+        if watcher is not None and cache is not None and n_files >= TRUST_MIN_FILES:
+            view = await watcher.trusted_view()
+        if view is not None:
+            session = policy or self.policy
+            left: list[int] = []
+            counted = [0]
+            directories: dict[str, bool] = {}
+
+            def confirm(_resolver: Resolver, span: tuple[int, int]) -> None:
+                rest, n = read.confirm_from_index(
+                    view, session, files, span, results, cache, directories
+                )
+                left.extend(rest)
+                counted[0] += n
+
+            spans = [(k, min(k + CONFIRM_CHUNK, n_files)) for k in range(0, n_files, CONFIRM_CHUNK)]
+            await self._run(policy, spans, confirm, None)
+            confirmed = counted[0]
+            cache.count(confirmed, 0)
+            watcher.count_confirmed(confirmed)  # type: ignore[union-attr]
+            candidates = sorted(left)
+        # One pass: each distinct path once (repeats are answered from it at the end); paths
+        # of plain names in a plain absolute directory go to that directory's job (resolved
         # once, then one fstatat per file); anything else (relative, "." or "..", "//", a
         # trailing "/", NUL) takes the general per-path route.
-        seen: dict[str, read.ScanGroup] = {}
-        by_dir: dict[str, list[tuple[str, str, read.ScanGroup]]] = {}
-        singles: list[tuple[str, read.ScanGroup]] = []
-        for i, item in enumerate(files):
-            if type(item) is not ScanRequest:
-                results[i] = item  # type: ignore[assignment]
+        seen: dict[str, int] = {}
+        repeats: list[tuple[int, int]] = []
+        by_dir: dict[str, list[int]] = {}
+        odd_dirs: set[str] = set()
+        singles: list[int] = []
+        for i in candidates:
+            item = files[i]
+            if isinstance(item, PlokeIoError):
+                results[i] = item
                 continue
-            path = item.file_path
-            group = seen.get(path)
-            if group is not None:
-                group.append((i, item))
+            path = item[0]
+            first = seen.setdefault(path, i)
+            if first != i:
+                repeats.append((i, first))
                 continue
-            group = seen[path] = [(i, item)]
-            directory, _sep, name = path.rpartition("/")
-            if (
-                path.startswith("/")
-                and name not in ("", ".", "..")
-                and "\x00" not in path
-                and "//" not in path
-                and "/./" not in path
-                and "/../" not in path
-            ):
-                entries = by_dir.get(directory)
-                if entries is None:
-                    entries = by_dir[directory] = []
-                entries.append((name, path, group))
-            else:
-                singles.append((path, group))
-        del seen
-        by_dir = {d or "/": e for d, e in by_dir.items()}
+            directory, sep, name = path.rpartition("/")
+            entries = by_dir.get(directory)
+            if entries is None:
+                if not sep or directory in odd_dirs or not _plain_directory(directory):
+                    odd_dirs.add(directory)
+                    singles.append(i)
+                    continue
+                entries = by_dir[directory] = []
+            if name in _SPECIAL_NAMES or "\x00" in name:
+                singles.append(i)
+                continue
+            entries.append(i)
+        del seen, odd_dirs
         # Directories in chunks of SCAN_CHUNK files: progress and cancellation between chunks.
-        jobs: list[tuple[str, Any, bool]] = [
-            (d, e[k : k + SCAN_CHUNK], True)
+        jobs: list[tuple[Any, list[int] | None]] = [
+            (d or "/", e[k : k + SCAN_CHUNK])
             for d, e in by_dir.items()
             for k in range(0, len(e), SCAN_CHUNK)
         ]
-        jobs += [(p, g, False) for p, g in singles]
+        del by_dir
+        jobs += [(i, None) for i in singles]
+        report = progress
+        if progress is not None and confirmed:
+            total = confirmed + sum(1 if j[1] is None else len(j[1]) for j in jobs)
+            progress(confirmed, total)
 
-        def work(resolver: Resolver, job: tuple[str, Any, bool]) -> None:
-            key, entries, is_directory = job
+            def report(done: int, _total: int) -> None:
+                progress(confirmed + done, total)
+
+        def work(resolver: Resolver, job: tuple[Any, list[int] | None]) -> None:
+            key, indices = job
             started = time.perf_counter() if TRACE.isEnabledFor(logging.INFO) else 0.0
-            if is_directory:
-                n, nbytes = read.scan_directory(resolver, key, entries, results, max_bytes, cache)
+            if indices is not None:
+                n, nbytes = read.scan_directory(
+                    resolver, key, indices, files, results, max_bytes, cache
+                )
                 self._count_reads(n, nbytes)
                 if started:
                     shown = resolver.shown(key) or "."
                     TRACE.info(
                         "scan %s", shown, extra={"fields": {
-                            "span": "scan", "directory": shown, "files": len(entries),
+                            "span": "scan", "directory": shown, "files": len(indices),
                             "read": n, "bytes": nbytes, "outcome": "ok",
                             "ms": round((time.perf_counter() - started) * 1000, 3)}},
                     )  # fmt: skip
                 return
-            found, nread = read.scan_one(resolver, entries[0][1], max_bytes, cache)
+            path, want = files[key]
+            found, nread = read.scan_one(resolver, path, want, max_bytes, cache)
             self._count_read(nread)
-            read.fill_scan(results, entries, found)
+            results[key] = found
             if started:
-                _span("scan", resolver, key, started, nread, found)
+                _span("scan", resolver, path, started, nread, found)
 
         await self._run(
-            policy, jobs, work, progress, inline=inline, weight=lambda j: len(j[1]) if j[2] else 1
+            policy,
+            jobs,
+            work,
+            report,
+            inline=inline,
+            weight=lambda j: 1 if j[1] is None else len(j[1]),
         )
+        for i, first in repeats:  # the same path again, maybe with another hash
+            found = results[first]
+            want, first_want = files[i][1], files[first][1]  # type: ignore[index]
+            if want != first_want and isinstance(found, Scanned):
+                found = read.compare(found, first_want, want)
+            results[i] = found
         return self._finish(results)
 
     async def write_snippets(
@@ -642,14 +715,12 @@ class IoManager:
     def _finish(self, results: list[_J | None]) -> list[_J]:
         """Check every slot is filled and count the errors."""
         errors = self.counters.errors
-        out: list[_J] = []
         for r in results:
             if r is None:
                 raise AssertionError("a result slot was left empty")
             if isinstance(r, PlokeIoError):
                 errors[r.kind.name] += 1
-            out.append(r)
-        return out
+        return results  # type: ignore[return-value]
 
     def _count_reads(self, files: int, nbytes: int) -> None:
         # Counters are updated from worker threads; int += under the GIL can interleave, so

@@ -14,18 +14,17 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from stat import S_ISLNK, S_ISREG
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorKind, PlokeIoError, from_os_error
 from ..hashing import hash_bytes
-from ..paths import OpenedFile, Resolver
+from ..paths import OpenedFile, PathPolicy, Resolver
 from ..types import (
     REMOVED,
     UNCHANGED,
     FileHash,
     HashResult,
     Scanned,
-    ScanRequest,
     ScanResult,
     ScanStatus,
     Snippet,
@@ -34,13 +33,15 @@ from ..types import (
 )
 from .statcache import STAT_KEY, StatCache
 
+if TYPE_CHECKING:
+    from .watcher import TrustedView
+
 __all__ = [
     "INLINE_MAX_BYTES",
     "Offload",
     "Utf8Index",
     "compare",
     "current_hash",
-    "fill_scan",
     "hash_one",
     "inline_mode",
     "read_all",
@@ -271,72 +272,128 @@ def current_hash(
 
 
 def scan_one(
-    resolver: Resolver, req: ScanRequest, max_bytes: int, cache: StatCache | None
+    resolver: Resolver, path: str, want: str, max_bytes: int, cache: StatCache | None
 ) -> tuple[ScanResult, int | None]:
     """unchanged / modified / removed / error for one file the client knows by hash."""
     try:
-        digest, _st, nread = current_hash(resolver, req.file_path, max_bytes, cache)
+        digest, _st, nread = current_hash(resolver, path, max_bytes, cache)
     except PlokeIoError as err:
         if err.kind is ErrorKind.NotFound:
             return REMOVED, None
         return err, None
-    return _status(digest, req.file_hash), nread
+    return _status(digest, want), nread
 
 
-ScanGroup = list[tuple[int, ScanRequest]]
+def confirm_from_index(
+    view: TrustedView,
+    policy: PathPolicy,
+    files: Sequence[Any],
+    span: tuple[int, int],
+    results: list[Any],
+    cache: StatCache,
+    directories: dict[str, bool],
+) -> tuple[list[int], int]:
+    """Answer the files of ``files[span[0]:span[1]]`` that the watcher vouches for.
+
+    Returns (the indices left for the stat route, how many were answered). A file is answered
+    when the watcher's index has it, it has had no event since, its directory is trusted
+    (``view``) and inside the session's roots (``policy``; the index holds no path through a
+    symlink), and its digest is known: the index entry's own (hashed since the watcher last
+    looked at it) or the stat cache's for exactly the indexed stat. No system call.
+    ``directories`` memoizes the directory check across calls.
+    """
+    index_get = view.index.get
+    dirty = view.dirty_paths
+    entries = cache.entries
+    touch = entries.move_to_end
+    left: list[int] = []
+    add = left.append
+    unchanged, modified = UNCHANGED, ScanStatus.MODIFIED
+    confirmed = 0
+    first, end = span
+    for i, item in enumerate(files[first:end], first):
+        try:
+            path, want = item
+        except TypeError:  # an item that is already an error
+            add(i)
+            continue
+        k = index_get(path)
+        if k is None or path in dirty:
+            add(i)
+            continue
+        ok = directories.get(k.directory)
+        if ok is None:
+            d = k.directory
+            ok = directories[d] = view.directory_trusted(d) and policy.match(d) is not None
+        if not ok or k.nlink != 1:
+            add(i)
+            continue
+        digest = k.digest
+        if digest is None:
+            # Not hashed since indexed: the stat cache may know this exact stat. The digest
+            # then stays with the entry, which is replaced on the file's next event.
+            value = entries.get(k.ino)
+            if value is None or not value.startswith(k.key):
+                add(i)
+                continue
+            digest = k.digest = value[32:].hex()
+        try:  # keep the cache entry warm  # noqa: SIM105 (cheaper than contextlib.suppress)
+            touch(k.ino)
+        except KeyError:  # evicted (its digest lives on in the index entry)
+            pass
+        results[i] = (
+            unchanged if want == digest or want.lower() == digest else Scanned(modified, digest)
+        )
+        confirmed += 1
+    return left, confirmed
+
 
 _SCAN_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
-def fill_scan(results: list[Any], group: ScanGroup, found: ScanResult) -> None:
-    """Give every request of ``group`` (one path) its status; hashes may differ per request."""
-    first = group[0][1].file_hash
-    for i, req in group:
-        if req.file_hash == first or not isinstance(found, Scanned):
-            results[i] = found
-        else:
-            results[i] = compare(found, first, req.file_hash)
 
 
 def scan_directory(
     resolver: Resolver,
     directory: str,
-    entries: Sequence[tuple[str, str, ScanGroup]],
+    indices: Sequence[int],
+    files: Sequence[Any],
     results: list[Any],
     max_bytes: int,
     cache: StatCache | None,
 ) -> tuple[int, int]:
-    """Scan files named by plain names in one directory; returns (files read, bytes read).
+    """Scan ``files[i]`` (``(path, hash)``) for each ``i`` of ``indices``, all in ``directory``.
+
+    Returns (files read, bytes read).
 
     The hot loop of ``ploke/scanChanges``: the directory is resolved once under the policy
     (a descriptor walked component by component, as for any path), then each file is one
     ``fstatat`` relative to it, never following a symlink; a stat-cache hit needs nothing
     more. A symlink goes through the general per-path route, which applies the policy.
-    ``entries`` are (name, path as sent, requests naming it).
+    Every path of ``indices`` is ``directory`` + "/" + a plain name.
     """
     started = time.time_ns()
-    files = nbytes = hits = misses = 0
+    nfiles = nbytes = hits = misses = 0
 
-    def general_route(group: ScanGroup) -> None:
+    def general_route(i: int) -> None:
         """Scan one path by the per-path route (the policy follows symlinks), and count."""
-        nonlocal files, nbytes
-        found, n = scan_one(resolver, group[0][1], max_bytes, cache)
-        fill_scan(results, group, found)
+        nonlocal nfiles, nbytes
+        path, want = files[i]
+        results[i], n = scan_one(resolver, path, want, max_bytes, cache)
         if n is not None:
-            files, nbytes = files + 1, nbytes + n
+            nfiles, nbytes = nfiles + 1, nbytes + n
 
     try:
         dir_fd = resolver.directory(directory)
     except PlokeIoError as err:
         if err.kind in (ErrorKind.NotFound, ErrorKind.NotAFile):  # vanished, or unreachable
-            for _name, _path, group in entries:
-                fill_scan(results, group, REMOVED)
+            for i in indices:
+                results[i] = REMOVED
             return 0, 0
         # Outside the roots, a symlink, no permission...: each file by the general route, so
         # that each gets its own message (and a symlinked directory the policy's decision).
-        for _name, _path, group in entries:
-            general_route(group)
-        return files, nbytes
+        for i in indices:
+            general_route(i)
+        return nfiles, nbytes
+    cut = len(directory.rstrip("/")) + 1
     # The cache probe, inlined (this loop runs once per file of a scan): see StatCache.probe.
     known: collections.OrderedDict[int, bytes] = (
         cache.entries if cache is not None else collections.OrderedDict()
@@ -349,24 +406,27 @@ def scan_directory(
     stat_first = cache is not None and len(cache) > 0
     streak = 0
     stat_ = os.stat
+    unchanged, modified = UNCHANGED, ScanStatus.MODIFIED
     try:
-        for name, path, group in entries:
+        for i in indices:
+            path, want = files[i]
+            name = path[cut:]
             digest: str | None = None
             if stat_first:
                 try:
                     st = stat_(name, dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
-                    fill_scan(results, group, REMOVED)
+                    results[i] = REMOVED
                     continue
                 except OSError as exc:
-                    fill_scan(results, group, from_os_error(exc, resolver.shown(path)))
+                    results[i] = from_os_error(exc, resolver.shown(path))
                     continue
                 if not S_ISREG(st.st_mode):
                     if S_ISLNK(st.st_mode):
-                        general_route(group)
+                        general_route(i)
                     else:
                         not_a_file = f"{resolver.shown(path)}: not a regular file"
-                        fill_scan(results, group, PlokeIoError(ErrorKind.NotAFile, not_a_file))
+                        results[i] = PlokeIoError(ErrorKind.NotAFile, not_a_file)
                     continue
                 value = known.get(st.st_ino)
                 if value is not None and value.startswith(
@@ -386,10 +446,10 @@ def scan_directory(
                         dir_fd, name, resolver, path, max_bytes, cache, started
                     )
                 except _Symlinked:
-                    general_route(group)
+                    general_route(i)
                     continue
                 except PlokeIoError as err:
-                    fill_scan(results, group, REMOVED if err.kind is ErrorKind.NotFound else err)
+                    results[i] = REMOVED if err.kind is ErrorKind.NotFound else err
                     continue
                 if n < 0:  # open-first found it in the cache after all
                     hits += 1
@@ -398,22 +458,16 @@ def scan_directory(
                     streak += 1
                     if streak >= 16:
                         stat_first = False
-                    files += 1
+                    nfiles += 1
                     nbytes += n
-            want = group[0][1].file_hash
-            if len(group) == 1:
-                results[group[0][0]] = (
-                    UNCHANGED
-                    if want == digest or want.lower() == digest
-                    else Scanned(ScanStatus.MODIFIED, digest)
-                )
-            else:
-                fill_scan(results, group, _status(digest, want))
+            results[i] = (
+                unchanged if want == digest or want.lower() == digest else Scanned(modified, digest)
+            )
     finally:
         os.close(dir_fd)
         if cache is not None:
             cache.count(hits, misses)
-    return files, nbytes
+    return nfiles, nbytes
 
 
 class _Symlinked(Exception):

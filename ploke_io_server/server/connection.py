@@ -30,6 +30,7 @@ import cattrs
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException
 
+from .. import fastjson
 from ..config import ConfigError, SymlinkPolicy
 from ..engine import IoManager
 from ..engine.manager import Latency
@@ -271,7 +272,7 @@ class Connection:
     def _handle_body(self, body: bytes) -> int | None:
         """Handle one message; returns an exit code when the connection must end."""
         try:
-            data = json.loads(body)
+            data = fastjson.loads(body)
         except ValueError as exc:
             self.send_error(None, PARSE_ERROR, f"parse error: {exc}")
             return None
@@ -571,7 +572,7 @@ class Connection:
                 batch = [e.to_json() for e in self._outbox.values()]
                 self._outbox.clear()
                 note = {"jsonrpc": "2.0", "method": DID_CHANGE_FILES, "params": {"events": batch}}
-                self.writer.write(json.dumps(note, ensure_ascii=False).encode())
+                self.writer.write(fastjson.dumps(note))
                 self.engine.counters.notifications += 1
         except (ConnectionError, RuntimeError):
             self._outbox.clear()
