@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,29 @@ async def test_a_dead_observer_thread_is_restarted_and_nothing_is_lost(watched: 
     # And it listens again.
     f.write_text("heard now")
     assert await c.collect() == [ev(f, "modified", fileHash=b3(b"heard now"))]
+
+
+async def test_stopping_while_events_pour_in_always_returns(tmp_path: Path) -> None:
+    """aclose() while events keep arriving: Python 3.11's wait_for could swallow the cancel
+    of the flush loop (it landed as an event woke it), and aclose then waited forever."""
+    root = tmp_path / "busy"
+    root.mkdir()
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            (root / f"f{i % 50}.txt").write_text(str(i))
+            i += 1
+
+    writer = threading.Thread(target=churn)
+    writer.start()
+    try:
+        for _ in range(25):
+            engine = IoManager(Config.from_sources(roots=[str(root)], debounce_ms=0))
+            await engine.start_watcher()
+            await asyncio.sleep(0.02)
+            await asyncio.wait_for(engine.aclose(), 15)
+    finally:
+        stop.set()
+        writer.join()

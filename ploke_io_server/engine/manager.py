@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -38,7 +39,7 @@ from ..types import (
 )
 from . import read, write
 from .statcache import StatCache
-from .watcher import Watcher
+from .watcher import TrustedView, Watcher
 
 __all__ = ["BATCH_PARALLELISM", "Counters", "IoManager"]
 
@@ -181,6 +182,9 @@ class IoManager:
         )
         """(origin, new hash) of the last write to each directory entry, for the watcher."""
         self._origins_lock = threading.Lock()
+        self._trusted_scans = 0
+        self._trusted_scans_done = asyncio.Event()
+        self._trusted_scans_done.set()
         self._cleanups: list[asyncio.Future[int]] = []
         self._cleaned: set[str] = set()
         self._executor = ThreadPoolExecutor(
@@ -261,36 +265,88 @@ class IoManager:
         """
         n_files = len(files)
         results: list[ScanResult | None] = [None] * n_files
-        max_bytes = self.config.max_file_bytes
-        cache = self.stat_cache
-        candidates: Sequence[int] = range(n_files)
+        watcher = self.watcher
+        if watcher is None or self.stat_cache is None or n_files < TRUST_MIN_FILES:
+            return await self._scan_rest(
+                files, results, range(n_files), 0, policy, progress, inline
+            )
         # A large scan while the watcher runs: first, the files it heard nothing about are
         # confirmed from its index, without a system call (it syncs first: see
-        # Watcher.trusted_view); only the others take the stat route below.
-        confirmed = 0
-        watcher = self.watcher
-        view = None
-        if watcher is not None and cache is not None and n_files >= TRUST_MIN_FILES:
+        # Watcher.trusted_view); only the others take the stat route (_scan_rest). Meanwhile
+        # the watcher's reconcile waits (scans_settled): it would hash the very files this
+        # scan is looking at, both under the GIL.
+        self._trusted_scans += 1
+        self._trusted_scans_done.clear()
+        try:
             view = await watcher.trusted_view()
-        if view is not None:
-            session = policy or self.policy
-            left: list[int] = []
-            counted = [0]
-            directories: dict[str, bool] = {}
+            if view is None:
+                candidates: Sequence[int] = range(n_files)
+                confirmed = 0
+            else:
+                candidates, confirmed = await self._confirm(view, files, results, policy)
+                watcher.count_confirmed(confirmed)
+            return await self._scan_rest(
+                files, results, candidates, confirmed, policy, progress, inline
+            )
+        finally:
+            self._trusted_scans -= 1
+            if not self._trusted_scans:
+                self._trusted_scans_done.set()
 
-            def confirm(_resolver: Resolver, span: tuple[int, int]) -> None:
-                rest, n = read.confirm_from_index(
-                    view, session, files, span, results, cache, directories
-                )
-                left.extend(rest)
-                counted[0] += n
+    async def _confirm(
+        self,
+        view: TrustedView,
+        files: Sequence[tuple[str, str] | PlokeIoError],
+        results: list[ScanResult | None],
+        policy: PathPolicy | None,
+    ) -> tuple[list[int], int]:
+        """Answer what the watcher's index vouches for: (indices left, how many answered)."""
+        session = policy or self.policy
+        cache = self.stat_cache
+        left: list[int] = []
+        counted = [0, 0]  # confirmed, looked at
+        directories: dict[str, bool] = {}
 
-            spans = [(k, min(k + CONFIRM_CHUNK, n_files)) for k in range(0, n_files, CONFIRM_CHUNK)]
-            await self._run(policy, spans, confirm, None)
-            confirmed = counted[0]
-            cache.count(confirmed, 0)
-            watcher.count_confirmed(confirmed)  # type: ignore[union-attr]
-            candidates = sorted(left)
+        def confirm(_resolver: Resolver, span: tuple[int, int]) -> None:
+            # While it pays: after a chunk where the index vouched for less than half the
+            # files (a cold cache, a tree that changed), the rest go straight to the stat
+            # route instead of being looked up twice.
+            if counted[1] and counted[0] * 2 < counted[1]:
+                left.extend(range(*span))
+                return
+            rest, n = read.confirm_from_index(
+                view, session, files, span, results, cache, directories
+            )
+            left.extend(rest)
+            counted[0] += n
+            counted[1] += span[1] - span[0]
+
+        n_files = len(files)
+        spans = [(k, min(k + CONFIRM_CHUNK, n_files)) for k in range(0, n_files, CONFIRM_CHUNK)]
+        await self._run(policy, spans, confirm, None)
+        cache.count(counted[0], 0)
+        return sorted(left), counted[0]
+
+    async def scans_settled(self, timeout: float) -> None:
+        """Wait, at most ``timeout`` seconds, until no scan confirmed by the watcher runs."""
+        if self._trusted_scans:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):  # (wait_for can swallow a cancel in 3.11)
+                    await self._trusted_scans_done.wait()
+
+    async def _scan_rest(
+        self,
+        files: Sequence[tuple[str, str] | PlokeIoError],
+        results: list[ScanResult | None],
+        candidates: Sequence[int],
+        confirmed: int,
+        policy: PathPolicy | None,
+        progress: ProgressFn | None,
+        inline: bool,
+    ) -> list[ScanResult]:
+        """The stat route for ``files[i]``, i in ``candidates`` (``confirmed`` are answered)."""
+        max_bytes = self.config.max_file_bytes
+        cache = self.stat_cache
         # One pass: each distinct path once (repeats are answered from it at the end); paths
         # of plain names in a plain absolute directory go to that directory's job (resolved
         # once, then one fstatat per file); anything else (relative, "." or "..", "//", a

@@ -375,6 +375,7 @@ class Watcher:
         }
         self.trust = engine.config.trust_watcher
         """Scans may confirm unchanged files from the index (``--no-trust-watcher``: never)."""
+        self._closing = False
         self._reconciling: tuple[set[str], set[str], bool] | None = None
         """The hints being reconciled right now (their index entries are being updated)."""
         self._cookies: dict[str, asyncio.Future[None]] = {}
@@ -445,7 +446,10 @@ class Watcher:
                     _limit_listeners.remove(self._on_watch_limit)
             observer.stop()
             await asyncio.get_running_loop().run_in_executor(None, observer.join, 5)
+        self._closing = True
         if self._flusher is not None:
+            if self._wake is not None:
+                self._wake.set()
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
@@ -594,10 +598,13 @@ class Watcher:
     async def _flush_loop(self) -> None:
         assert self._wake is not None and self._loop is not None
         await self._ready.wait()
-        while True:
+        while not self._closing:
             try:
                 period = self.poll_s if self.degraded else self.health_check_s
-                await asyncio.wait_for(self._wake.wait(), period)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancel that
+                # lands as the event is set, and aclose then waited for this loop forever.
+                async with asyncio.timeout(period):
+                    await self._wake.wait()
             except TimeoutError:
                 self._check_health()
                 if not self.degraded:
@@ -618,6 +625,9 @@ class Watcher:
                 if now >= due:
                     break
                 await asyncio.sleep(due - now)
+            # A large scan running now is looking at these very files: let it finish first
+            # (the paths stay dirty meanwhile, so it does not trust the index for them).
+            await self.engine.scans_settled(MAX_WAIT_FACTOR * self.debounce)
             with self._lock:
                 if self._first is None:
                     continue
