@@ -146,7 +146,7 @@ for i in range(n):
 """
 
 
-async def run_burst(client: PlokeClient, workspace: Path, n: int) -> None:
+async def run_burst(client: PlokeClient, workspace: Path, n: int) -> list[tuple[str, Any]]:
     import sys
 
     proc = await asyncio.create_subprocess_exec(
@@ -155,6 +155,7 @@ async def run_burst(client: PlokeClient, workspace: Path, n: int) -> None:
     assert await proc.wait() == 0
     final: dict[str, str] = {}
     seen: set[str] = set()
+    others: list[tuple[str, Any]] = []
     deadline = asyncio.get_running_loop().time() + 120
     expected = {
         str(workspace / "burst" / f"d{i // 500}" / f"f{i}.txt"): b3(f"v2 {i}".encode())
@@ -166,6 +167,7 @@ async def run_burst(client: PlokeClient, workspace: Path, n: int) -> None:
         except TimeoutError:
             break
         if method != methods.DID_CHANGE_FILES:
+            others.append((method, params))
             continue
         paths = [e["filePath"] for e in params["events"]]
         assert len(paths) == len(set(paths)), "a path twice in one notification"
@@ -178,6 +180,7 @@ async def run_burst(client: PlokeClient, workspace: Path, n: int) -> None:
     missing = expected.keys() - final.keys()
     assert not missing, f"{len(missing)} files never reported, e.g. {sorted(missing)[:3]}"
     assert final == expected
+    return others
 
 
 async def test_a_burst_of_20000_files_is_reported_completely(workspace: Path) -> None:
@@ -205,9 +208,14 @@ async def test_nothing_is_lost_when_the_inotify_queue_overflows(workspace: Path)
     finally:
         QUEUE_LIMIT.write_text(saved)
     try:
-        await run_burst(client, workspace, 20_000)
+        others = await run_burst(client, workspace, 20_000)
         counters = (await client.status())["counters"]["watcher"]
         assert counters["overflows"] >= 1 and counters["rescans"] >= 1, counters
+        # The client is told, not only the log (window/logMessage, type 2 = Warning).
+        while not client.notifications.empty():
+            others.append(client.notifications.get_nowait())
+        told = [p for m, p in others if m == "window/logMessage" and "overflow" in p["message"]]
+        assert told and told[0]["type"] == 2, others[:3]
     finally:
         await client.close()
 

@@ -201,6 +201,8 @@ def test_merge_for_a_lagging_client() -> None:
 async def test_a_dead_observer_thread_is_restarted_and_nothing_is_lost(watched: Any) -> None:
     engine, root, c = watched
     watcher = engine.watcher
+    told: list[tuple[int, str]] = []
+    watcher.problem_listeners.append(lambda level, text: told.append((level, text)))
     watcher.health_check_s = 0.2
     watcher._kick()  # start waiting with the short period
     emitters = list(watcher._observer.emitters)
@@ -212,6 +214,7 @@ async def test_a_dead_observer_thread_is_restarted_and_nothing_is_lost(watched: 
     events = await c.collect(first=10)
     assert events == [ev(f, "created", fileHash=b3(b"heard later"))]
     assert any("stopped" in e for e in watcher.errors)
+    assert (1, "a watcher thread stopped; it was restarted and the roots rescanned") in told
     assert watcher.status()["rescans"] >= 1
     # And it listens again.
     f.write_text("heard now")

@@ -89,6 +89,8 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
 close of every file (IN_OPEN, IN_CLOSE_NOWRITE, IN_CLOSE_WRITE): reading 100,000 files of a
 watched tree then cost 24 s instead of 2.5 s, in watchdog's thread, under the GIL."""
 
+_ERROR, _WARNING = 1, 2  # LSP MessageType values of window/logMessage
+
 SYNC_TIMEOUT_S = 2.0
 """How long a scan waits for its cookie to come back before it stats every file instead."""
 
@@ -358,6 +360,8 @@ class Watcher:
         self._wake: asyncio.Event | None = None
         self._ready = asyncio.Event()
         self.subscribers: list[Callable[[list[FileEvent]], None]] = []
+        self.problem_listeners: list[Callable[[int, str], None]] = []
+        """Told (on the event loop) of trouble after the start: (LSP MessageType, text)."""
         self.errors: list[str] = []
         self.health_check_s = HEALTH_CHECK_S
         self.poll_s = POLL_S
@@ -567,6 +571,11 @@ class Watcher:
 
     def _on_overflow(self, path: str) -> None:
         log.warning("inotify queue overflow below %r: rescanning the roots", path)
+        self._report(
+            _WARNING,
+            f"inotify queue overflow below {path!r}: events were dropped, the roots are being "
+            "rescanned (nothing is lost; raise fs.inotify.max_queued_events if this repeats)",
+        )
         with self._lock:
             self.counters["overflows"] += 1
         self._mark_rescan(restart_debounce=True)
@@ -585,7 +594,22 @@ class Watcher:
                 self.errors.append(text)
         if first:
             log.error("%s", text)
+            self._report(_ERROR, text)
         self._kick()
+
+    def _report(self, level: int, text: str) -> None:
+        """Tell the problem listeners, from any thread."""
+        loop = self._loop
+        if loop is not None and self.problem_listeners:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(self._tell, level, text)
+
+    def _tell(self, level: int, text: str) -> None:
+        for listener in list(self.problem_listeners):
+            try:
+                listener(level, text)
+            except Exception:
+                log.exception("watcher: a problem listener failed")
 
     def _kick(self) -> None:
         loop, wake = self._loop, self._wake
@@ -640,8 +664,11 @@ class Watcher:
                 self._reconciling = (hinted, dirs, full)
             try:
                 events = await self._loop.run_in_executor(None, self._reconcile, hinted, dirs, full)
-            except Exception:
+            except Exception as exc:
                 log.exception("watcher: reconciling changes failed; rescanning next time")
+                self._report(
+                    _ERROR, f"the watcher failed to look at changes ({exc}); rescanning the roots"
+                )
                 self._mark_rescan(restart_debounce=True)
                 self._kick()
                 continue
@@ -680,11 +707,13 @@ class Watcher:
             log.exception("watcher: %s", text)
             if text not in self.errors:
                 self.errors.append(text)
+                self._report(_ERROR, text)
             return
         text = "a watcher thread stopped; it was restarted and the roots rescanned"
         log.error("%s", text)
         if text not in self.errors:
             self.errors.append(text)
+        self._report(_ERROR, text)
         self._mark_rescan()
         self._kick()
 

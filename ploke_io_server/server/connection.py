@@ -168,6 +168,8 @@ class Connection:
             if self.engine.watcher is not None:
                 with contextlib.suppress(ValueError):
                     self.engine.watcher.subscribers.remove(self._on_file_events)
+                with contextlib.suppress(ValueError):
+                    self.engine.watcher.problem_listeners.remove(self._on_watcher_problem)
             await self.writer.aclose()
         if exit_code is None:
             exit_code = 0 if self.state is State.SHUTDOWN else 1
@@ -535,7 +537,17 @@ class Connection:
                     lsp.LogMessageParams(type=lsp.MessageType.Error, message=text)
                 )
             watcher.subscribers.append(self._on_file_events)
+            watcher.problem_listeners.append(self._on_watcher_problem)
         self._dispatch(message, msg_id)
+
+    def _on_watcher_problem(self, level: int, text: str) -> None:
+        """Trouble the watcher ran into after this session started watching (overflow, the
+        watch limit, a thread restarted): the client hears of it, not only the log."""
+        if self._closing or self.state is not State.READY:
+            return
+        self.server.window_log_message(
+            lsp.LogMessageParams(type=lsp.MessageType(level), message=f"watcher: {text}")
+        )
 
     # -- ploke/didChangeFiles ------------------------------------------------------------------
 
