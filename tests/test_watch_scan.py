@@ -261,3 +261,27 @@ async def test_a_deleted_directory_and_a_recreated_file(workspace: Path, n: int)
         write(victim, b"new life\n")
         results = await scan(client, known)
         assert results[victim] == {"status": "modified", "newHash": b3(b"new life\n")}
+
+
+async def test_files_on_a_mount_inside_a_root_are_stat_ed(workspace: Path) -> None:
+    """Another file system mounted inside a root (maybe NFS) is never taken from the index."""
+    inner = workspace / "mnt"
+    inner.mkdir()
+    mounted = await asyncio.create_subprocess_exec(
+        "mount", "-t", "tmpfs", "none", str(inner),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    if await mounted.wait() != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        known = make_tree(workspace / "local", 300)
+        known.update(make_tree(inner, 300))
+        await asyncio.sleep(0.15)
+        async with await spawn(workspace) as client:
+            assert changed(await scan(client, known)) == {}
+            before = (await watcher_counters(client))["confirmed"]
+            assert changed(await scan(client, known)) == {}
+            assert (await watcher_counters(client))["confirmed"] - before == 300
+    finally:
+        umount = await asyncio.create_subprocess_exec("umount", str(inner))
+        await umount.wait()

@@ -297,13 +297,15 @@ def confirm_from_index(
 
     Returns (the indices left for the stat route, how many were answered). A file is answered
     when the watcher's index has it, it has had no event since, its directory is trusted
-    (``view``) and inside the session's roots (``policy``; the index holds no path through a
+    (``view``), it is on the file system of its root (not a mount inside), it is inside the
+    session's roots (``policy``; the index holds no path through a
     symlink), and its digest is known: the index entry's own (hashed since the watcher last
     looked at it) or the stat cache's for exactly the indexed stat. No system call.
     ``directories`` memoizes the directory check across calls.
     """
     index_get = view.index.get
     dirty = view.dirty_paths
+    devices = view.devices
     entries = cache.entries
     touch = entries.move_to_end
     left: list[int] = []
@@ -325,7 +327,7 @@ def confirm_from_index(
         if ok is None:
             d = k.directory
             ok = directories[d] = view.directory_trusted(d) and policy.match(d) is not None
-        if not ok or k.nlink != 1:
+        if not ok or k.nlink != 1 or k.dev not in devices:
             add(i)
             continue
         digest = k.digest

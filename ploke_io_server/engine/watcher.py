@@ -271,14 +271,18 @@ class TrustedView:
     for has reached the watcher (the cookie came back). A path is trusted when it is in the
     index, has had no event since it was last looked at (not in ``dirty_paths``), no directory
     above it was created, removed or moved since (``dirty_dirs``), it lies under one of
-    ``roots`` (watched, on a local file system, still the directory that was watched) and it
-    has one link (a file changed through a hard link elsewhere makes no event here).
+    ``roots`` (watched, on a local file system, still the directory that was watched) on the
+    same file system as its root, and it has one link (a file changed through a hard link
+    elsewhere makes no event here).
     """
 
     index: dict[str, _Known]
     dirty_paths: frozenset[str]
     dirty_dirs: frozenset[str]
     roots: tuple[str, ...]
+    devices: frozenset[int] = frozenset()
+    """The file systems of ``roots``: a file on another one (a mount inside a root, which may
+    be a network file system) is never taken from the index."""
 
     def directory_trusted(self, directory: str) -> bool:
         """True if files of ``directory`` (absolute, normalized) may be taken from the index."""
@@ -306,7 +310,7 @@ class TrustedView:
         if path in self.dirty_paths:
             return None
         k = self.index.get(path)
-        if k is None or k.nlink != 1:
+        if k is None or k.nlink != 1 or k.dev not in self.devices:
             return None
         return k
 
@@ -507,7 +511,8 @@ class Watcher:
                 dirs |= {d.rstrip("/") or "/" for d in rec[1]}
         if not observer.is_alive() or any(not e.is_alive() for e in observer.emitters):
             return None
-        return TrustedView(self.index, frozenset(paths), frozenset(dirs), tuple(roots))
+        devices = frozenset(self._root_ids[r][0] for r in roots)
+        return TrustedView(self.index, frozenset(paths), frozenset(dirs), tuple(roots), devices)
 
     async def _sync(self, roots: Sequence[str]) -> bool:
         """Make a cookie in each root and wait for their events; False if that failed."""
