@@ -199,6 +199,10 @@ class Connection:
                 except Exception:  # a bug of ours must not take the connection down
                     log.exception("%s: error while handling a message", self.name)
                     continue
+                finally:
+                    # Not kept while the request runs and the next frame is awaited: the body
+                    # of a large batch is megabytes (peak RSS of a 10,000-snippet read).
+                    del body
                 if exit_code is not None:
                     return exit_code
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
