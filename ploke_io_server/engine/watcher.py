@@ -273,7 +273,8 @@ class TrustedView:
     above it was created, removed or moved since (``dirty_dirs``), it lies under one of
     ``roots`` (watched, on a local file system, still the directory that was watched) on the
     same file system as its root, and it has one link (a file changed through a hard link
-    elsewhere makes no event here).
+    elsewhere makes no event here). The per-file checks are made inline by
+    ``read.confirm_from_index``, the scan's hot loop.
     """
 
     index: dict[str, _Known]
@@ -304,15 +305,6 @@ class TrustedView:
             if parent == d:
                 return True
             d = parent
-
-    def known(self, path: str) -> _Known | None:
-        """The index entry of a file of a trusted directory, if it can be trusted."""
-        if path in self.dirty_paths:
-            return None
-        k = self.index.get(path)
-        if k is None or k.nlink != 1 or k.dev not in self.devices:
-            return None
-        return k
 
 
 def _is_cookie(path: str) -> bool:
