@@ -76,12 +76,16 @@ class StatCache:
         Lock-free for batch loops: each dictionary operation is atomic under the GIL, and an
         entry evicted by another thread between the get and the move is simply not moved.
         """
-        value = self.entries.get(st.st_ino)
-        if value is not None and value.startswith(
-            STAT_KEY.pack(st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        ):
+        return self.probe_fields(st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def probe_fields(
+        self, ino: int, dev: int, size: int, mtime_ns: int, ctime_ns: int
+    ) -> str | None:
+        """:meth:`probe` for a stat known by its fields (the watcher's index entries)."""
+        value = self.entries.get(ino)
+        if value is not None and value.startswith(STAT_KEY.pack(dev, size, mtime_ns, ctime_ns)):
             try:  # noqa: SIM105 (a try is cheaper than contextlib.suppress in this loop)
-                self.entries.move_to_end(st.st_ino)
+                self.entries.move_to_end(ino)
             except KeyError:
                 pass
             return value[32:].hex()
