@@ -189,6 +189,17 @@ async def call(client: LanguageClient, method: str, params: Any = None) -> Any:
     return await asyncio.wait_for(client.protocol.send_request_async(method, params), 60)
 
 
+async def progress_to_end(client: LanguageClient, token: str) -> list[Any]:
+    """The ``$/progress`` reports of ``token``, once its ``end`` came (or after ~2 s)."""
+    reports: list[Any] = []
+    for _ in range(100):
+        reports = client.progress_reports.get(token, [])
+        if reports and reports[-1].kind == "end":
+            break
+        await asyncio.sleep(0.02)
+    return reports
+
+
 def b3(data: bytes) -> str:
     from blake3 import blake3
 

@@ -14,7 +14,7 @@ from pygls.exceptions import JsonRpcException
 
 from ploke_io_server import methods
 
-from .conftest import b3, call, write
+from .conftest import b3, call, progress_to_end, write
 
 MULTI = "héllo 日本語 🦀 wörld\n"
 MULTI_B = MULTI.encode()
@@ -310,11 +310,7 @@ async def test_progress_reported_with_a_work_done_token(
     client.progress_reports["tok-1"] = []  # a client-made token: the client knows it
     res = await snippets(client, [{"filePath": str(p)} for p in paths], workDoneToken="tok-1")
     assert [ok(r) for r in res] == [f"file {i}\n" for i in range(300)]
-    for _ in range(100):
-        reports = client.progress_reports.get("tok-1", [])
-        if reports and reports[-1].kind == "end":
-            break
-        await asyncio.sleep(0.02)
+    reports = await progress_to_end(client, "tok-1")
     kinds = [r.kind for r in reports]
     assert kinds[0] == "begin" and kinds[-1] == "end" and "report" in kinds
     percents = [r.percentage for r in reports if r.kind == "report"]

@@ -19,7 +19,7 @@ from pygls.exceptions import JsonRpcException
 
 from ploke_io_server import methods
 
-from .conftest import b3, call, write
+from .conftest import b3, call, progress_to_end, write
 
 MARGIN = ["--racy-margin-ms", "150"]
 
@@ -276,11 +276,7 @@ async def test_progress_and_cancel_mid_scan(
     client.progress_reports["scan2"] = []
     res = await scan(client, [(p, b3(b"x" * 4000)) for p in paths], workDoneToken="scan2")
     assert {r["status"] for r in res} == {"unchanged"}
-    for _ in range(100):
-        if client.progress_reports["scan2"] and client.progress_reports["scan2"][-1].kind == "end":
-            break
-        await asyncio.sleep(0.02)
-    assert [r.kind for r in client.progress_reports["scan2"]][::1][-1] == "end"
+    assert [r.kind for r in await progress_to_end(client, "scan2")][-1] == "end"
 
 
 async def test_too_large_is_an_item_error_named_by_its_root_relative_path(
@@ -303,11 +299,7 @@ async def test_progress_counts_files_even_in_one_directory(
     client.progress_reports["p"] = []
     res = await scan(client, [(p, h(p)) for p in paths], workDoneToken="p")
     assert {r["status"] for r in res} == {"unchanged"}
-    for _ in range(100):
-        reports = client.progress_reports["p"]
-        if reports and reports[-1].kind == "end":
-            break
-        await asyncio.sleep(0.02)
+    reports = await progress_to_end(client, "p")
     messages = [r.message for r in reports if r.kind == "report"]
     assert len(messages) >= 3 and messages[-1] == "1000/1000 files", messages
     assert {int(m.split("/")[1].split()[0]) for m in messages} == {1000}

@@ -14,7 +14,7 @@ from pygls.exceptions import JsonRpcException
 
 from ploke_io_server import methods
 
-from .conftest import TcpServer, b3, call, write
+from .conftest import TcpServer, b3, call, progress_to_end, write
 
 
 async def edits_of(client: Any, edits: list[dict[str, Any]], **flags: Any) -> list[dict[str, Any]]:
@@ -210,10 +210,6 @@ async def test_write_batches_report_progress(
     created = await call(client, methods.CREATE_FILES, {"files": news, "workDoneToken": "c"})
     assert all(r["ok"] for r in created["results"])
     for token in ("w", "c"):
-        for _ in range(100):
-            reports = client.progress_reports[token]
-            if reports and reports[-1].kind == "end":
-                break
-            await asyncio.sleep(0.02)
+        reports = await progress_to_end(client, token)
         kinds = [r.kind for r in reports]
         assert kinds[0] == "begin" and kinds[-1] == "end" and "report" in kinds, kinds

@@ -22,7 +22,7 @@ from ploke_io_server import methods
 from ploke_io_server.client import PlokeClient
 from ploke_io_server.engine.watcher import LOCAL_FILESYSTEMS, _filesystem_type, _unescape_mount
 
-from .conftest import TcpServer, b3, call, write
+from .conftest import TcpServer, b3, call, progress_to_end, write
 
 # Files are cached once 100 ms old: the tests wait that long after making them.
 ARGS = ["--watch", "--debounce-ms", "150", "--racy-margin-ms", "100"]
@@ -229,11 +229,7 @@ async def test_progress_of_a_confirmed_scan_reaches_the_end(
     client.progress_reports["p"] = []
     res = await call(client, methods.SCAN_CHANGES, {"files": items, "workDoneToken": "p"})
     assert {r["status"] for r in res["results"]} == {"unchanged"}
-    for _ in range(100):
-        reports = client.progress_reports["p"]
-        if reports and reports[-1].kind == "end":
-            break
-        await asyncio.sleep(0.02)
+    reports = await progress_to_end(client, "p")
     messages = [r.message for r in reports if r.kind == "report"]
     assert messages and messages[-1] == f"{N}/{N} files", messages
     counters = (await call(client, methods.STATUS))["counters"]["watcher"]
