@@ -172,6 +172,21 @@ async def test_no_trust_watcher_stats_every_file(workspace: Path) -> None:
         assert counters["trustedRoots"] == []
 
 
+async def test_no_stat_cache_means_every_file_is_read(workspace: Path) -> None:
+    """--stat-cache-entries 0 promises exact scans: the index's digests are not used either."""
+    known = make_tree(workspace)
+    async with await spawn(workspace, "--stat-cache-entries", "0") as client:
+        for p in known:  # the watcher hashes what changed: its index then holds digests
+            p.write_bytes(p.read_bytes() + b"more\n")
+            known[p] = b3(p.read_bytes())
+        await asyncio.sleep(1.0)
+        read_before = (await client.status())["counters"]["filesRead"]
+        assert changed(await scan(client, known)) == {}
+        counters = (await client.status())["counters"]
+        assert counters["watcher"]["confirmed"] == 0
+        assert counters["filesRead"] - read_before == N
+
+
 async def test_a_narrower_session_is_not_answered_outside_its_roots(workspace: Path) -> None:
     """The index covers the server's roots; a session's narrower roots still apply."""
     known = make_tree(workspace)

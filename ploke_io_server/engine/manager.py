@@ -266,7 +266,9 @@ class IoManager:
         n_files = len(files)
         results: list[ScanResult | None] = [None] * n_files
         watcher = self.watcher
-        if watcher is None or self.stat_cache is None or n_files < TRUST_MIN_FILES:
+        # The stat cache turned off (--stat-cache-entries 0) promises exact scans: every file
+        # read, so the watcher's index (its digests) is not used either.
+        if watcher is None or not self.stat_cache.capacity or n_files < TRUST_MIN_FILES:
             return await self._scan_rest(
                 files, results, range(n_files), 0, policy, progress, inline
             )
