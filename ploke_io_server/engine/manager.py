@@ -45,9 +45,13 @@ __all__ = ["BATCH_PARALLELISM", "Counters", "IoManager"]
 
 log = logging.getLogger(__name__)
 
-WRITE_PARALLELISM = 16
+WRITE_PARALLELISM = 8
 """Worker threads one write batch uses: commits wait on fsync (the GIL is free meanwhile), so
 files of a batch are written in parallel to overlap their fsyncs."""
+
+CLOSE_ON_LOOP_MAX = 8
+"""Replaced files a write closes on the event loop after answering (write.Retired); more go to
+the executor (each close can free a file's blocks: ~0.1-0.2 ms here)."""
 
 _SPECIAL_NAMES = frozenset({"", ".", ".."})
 
@@ -464,11 +468,13 @@ class IoManager:
             else:
                 for i, _e in group:
                     results[i] = err
-        # Files of one directory side by side: their renames land close together in time, so
-        # one directory fsync covers several of them (DirSync group commit).
-        jobs.sort(key=lambda job: os.path.dirname(job[0]))
+        # Directories taken in turn: files of one directory written at the same time contend
+        # for its lock in the kernel (create and rename), which costs more CPU than anything
+        # here (a 200-file batch in 10 directories: 180 ms against 340 ms sorted by directory).
+        jobs = _interleave_dirs(jobs)
         max_bytes = self.config.max_file_bytes
         gate = _CommitGate()
+        retired = write.Retired()
         inline = (
             inline
             and len(jobs) == 1
@@ -485,44 +491,79 @@ class IoManager:
                     _span("write" if not dry_run else "dryRun", resolver, job[0], started,
                           None, first)  # fmt: skip
 
+        # In a batch, directory fsyncs wait for each directory's last file (BatchDirs).
+        batch_dirs = (
+            write.BatchDirs(self.dirs, (path for path, _g in jobs))
+            if len(jobs) > 1 and not dry_run and not atomic
+            else None
+        )
+
+        def report(prepared: write.PreparedFile, error: PlokeIoError | None) -> None:
+            for i, r in prepared.results:
+                results[i] = r if error is None else error
+
         def write_one(resolver: Resolver, job: tuple[str, list[tuple[int, Edit]]]) -> None:
             path, group = job
+            renamed: write.PreparedFile | None = None
+            located: Located | None = None
             try:
                 located = resolver.locate(path)
-                try:
-                    if located.st is None:
-                        raise PlokeIoError(ErrorKind.NotFound, f"{located.shown}: no such file")
-                    with self.locks.hold([write.lock_key(located)]):
-                        prepared = write.prepare_edits(located, group, max_bytes, dry_run=dry_run)
-                        if not dry_run:
-                            if not gate.may_commit():
-                                write.discard(prepared)
-                                return
-                            write.commit(prepared, self.dirs)
-                            self._note_write(located, origin, prepared.new_size, prepared.new_hash)
-                finally:
-                    os.close(located.dir_fd)
+                if located.st is None:
+                    raise PlokeIoError(ErrorKind.NotFound, f"{located.shown}: no such file")
+                with self.locks.hold([write.lock_key(located)]):
+                    prepared = write.prepare_edits(located, group, max_bytes, dry_run=dry_run)
+                    if not dry_run:
+                        if not gate.may_commit():
+                            write.discard(prepared)
+                            return
+                        if batch_dirs is None:
+                            write.commit(prepared, self.dirs, retired)
+                        else:
+                            write.rename_into_place(prepared, retired)
+                            renamed = prepared
+                        self._note_write(located, origin, prepared.new_size, prepared.new_hash)
+                if batch_dirs is None:
+                    report(prepared, None)
             except (PlokeIoError, OSError) as exc:
                 err = _item_error(exc, resolver, path)
                 for i, _e in group:
                     results[i] = err
-                return
-            for i, r in prepared.results:
-                results[i] = r
+            finally:
+                if batch_dirs is not None:
+                    batch_dirs.finished(path, renamed, report)
+                if located is not None:
+                    os.close(located.dir_fd)
 
-        if atomic and not dry_run and any(r is not None for r in results):
-            _abort(results)
-        elif atomic and not dry_run:
-            await self._run(
-                policy, [jobs], self._atomic_worker(results, max_bytes, origin, gate), progress,
-                cancel_ok=gate.cancel, inline=inline,
-            )  # fmt: skip
-        else:
-            await self._run(
-                policy, jobs, one_file, progress, parallelism=WRITE_PARALLELISM,
-                cancel_ok=gate.cancel if not dry_run else None, inline=inline,
-            )  # fmt: skip
+        try:
+            if atomic and not dry_run and any(r is not None for r in results):
+                _abort(results)
+            elif atomic and not dry_run:
+                await self._run(
+                    policy, [jobs], self._atomic_worker(results, max_bytes, origin, gate, retired),
+                    progress, cancel_ok=gate.cancel, inline=inline,
+                )  # fmt: skip
+            else:
+                await self._run(
+                    policy, jobs, one_file, progress, parallelism=WRITE_PARALLELISM,
+                    cancel_ok=gate.cancel if not dry_run else None, inline=inline,
+                )  # fmt: skip
+        finally:
+            self._close_later(retired.take())
         return self._finish(results)
+
+    def _close_later(self, fds: list[int]) -> None:
+        """Close replaced files' descriptors after the caller has its results (write.Retired):
+        a few on the event loop's next turn, many on the executor."""
+        if not fds:
+            return
+        loop = asyncio.get_running_loop()
+        if len(fds) <= CLOSE_ON_LOOP_MAX:
+            loop.call_soon(write.close_all, fds)
+            return
+        try:
+            loop.run_in_executor(self._executor, write.close_all, fds)
+        except RuntimeError:  # the executor is shut down
+            write.close_all(fds)
 
     def _atomic_worker(
         self,
@@ -530,6 +571,7 @@ class IoManager:
         max_bytes: int,
         origin: str | None,
         gate: _CommitGate,
+        retired: write.Retired,
     ) -> Callable[[Resolver, list[tuple[str, list[tuple[int, Edit]]]]], None]:
         def run(resolver: Resolver, jobs: list[tuple[str, list[tuple[int, Edit]]]]) -> None:
             located: list[tuple[Located, list[tuple[int, Edit]]]] = []
@@ -582,7 +624,7 @@ class IoManager:
                     # the renames remain, back to back, then one fsync per directory.
                     for n, p in enumerate(prepared):
                         try:
-                            write.rename_into_place(p)
+                            write.rename_into_place(p, retired)
                         except PlokeIoError as err:
                             for i, _r in p.results:
                                 results[i] = err
@@ -921,6 +963,21 @@ def _span(
 
 
 _I = TypeVar("_I")
+_JT = TypeVar("_JT", bound=tuple[str, Any])
+
+
+def _interleave_dirs(jobs: list[_JT]) -> list[_JT]:
+    """Jobs reordered to take their directories in turn (one file of each, then the next)."""
+    by_dir: dict[str, list[_JT]] = {}
+    for job in jobs:
+        by_dir.setdefault(os.path.dirname(job[0]), []).append(job)
+    if len(by_dir) <= 1:
+        return jobs
+    out: list[_JT] = []
+    queues = list(by_dir.values())
+    for i in range(max(len(q) for q in queues)):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out
 
 
 def _group_by_path(

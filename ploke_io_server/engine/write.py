@@ -24,7 +24,7 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 
@@ -36,9 +36,11 @@ from .read import read_all
 
 __all__ = [
     "TEMP_MARK",
+    "BatchDirs",
     "DirSync",
     "FileLocks",
     "PreparedFile",
+    "Retired",
     "commit",
     "create_file",
     "discard",
@@ -135,6 +137,51 @@ class PreparedFile:
     temp: str | None = None
     mode: int = 0o644
     new_size: int = 0
+    old_fd: int = -1
+    """The original's read descriptor, held across the rename (see :class:`Retired`)."""
+
+
+class Retired:
+    """Descriptors of replaced files, to be closed once the request has its answer.
+
+    Renaming over a file does not free the old inode while a descriptor of it is open: the
+    kernel frees it (truncation, block release, a discard on SSDs) at the last close. Keeping
+    the descriptor the original was read through across the rename moves that work, ~0.14 ms
+    per file on this machine's ext4, off the write's latency; the engine closes these after
+    the results are handed back. Nothing about durability changes: the new content is made
+    durable by the temp file's and the directory's fsyncs, not by freeing the old one.
+    """
+
+    __slots__ = ("_done", "_fds", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fds: list[int] = []
+        self._done = False
+
+    def add(self, fd: int) -> None:
+        with self._lock:
+            if not self._done:
+                self._fds.append(fd)
+                return
+        _close_quietly(fd)  # a worker outlived its request (cancelled twice): close now
+
+    def take(self) -> list[int]:
+        """The descriptors gathered so far; any added later are closed at once."""
+        with self._lock:
+            self._done = True
+            fds, self._fds = self._fds, []
+        return fds
+
+
+def close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        _close_quietly(fd)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def validate_group(edits: Sequence[tuple[int, Edit]]) -> PlokeIoError | None:
@@ -161,7 +208,8 @@ def validate_group(edits: Sequence[tuple[int, Edit]]) -> PlokeIoError | None:
     return None
 
 
-def _read_locked(located: Located, max_bytes: int) -> tuple[bytes, os.stat_result]:
+def _read_locked(located: Located, max_bytes: int) -> tuple[bytes, os.stat_result, int]:
+    """The file's bytes, its stat and its (still open) descriptor."""
     shown = located.shown
     try:
         fd = os.open(located.name, _READ_FLAGS, dir_fd=located.dir_fd)
@@ -175,11 +223,13 @@ def _read_locked(located: Located, max_bytes: int) -> tuple[bytes, os.stat_resul
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise PlokeIoError(ErrorKind.NotAFile, f"{shown}: not a regular file")
-        return read_all(fd, st.st_size, max_bytes, shown), st
+        return read_all(fd, st.st_size, max_bytes, shown), st, fd
     except OSError as exc:
-        raise from_os_error(exc, shown) from None
-    finally:
         os.close(fd)
+        raise from_os_error(exc, shown) from None
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def prepare_edits(
@@ -190,8 +240,28 @@ def prepare_edits(
     dry_run: bool,
 ) -> PreparedFile:
     """Verify and splice one file's edits (its lock held); write the temp file unless dry_run."""
+    data, st, fd = _read_locked(located, max_bytes)
+    try:
+        prepared = _prepare(located, edits, data, st, dry_run=dry_run)
+    except BaseException:
+        os.close(fd)
+        raise
+    if dry_run:
+        os.close(fd)
+    else:
+        prepared.old_fd = fd
+    return prepared
+
+
+def _prepare(
+    located: Located,
+    edits: Sequence[tuple[int, Edit]],
+    data: bytes,
+    st: os.stat_result,
+    *,
+    dry_run: bool,
+) -> PreparedFile:
     shown = located.shown
-    data, st = _read_locked(located, max_bytes)
     old_hash = hash_bytes(data)
     want = edits[0][1].expected_hash
     if want.lower() != old_hash:
@@ -301,14 +371,15 @@ def _write_temp(located: Located, data: bytes, mode: int, st: os.stat_result | N
     return temp
 
 
-def commit(prepared: PreparedFile, dirs: DirSync) -> None:
+def commit(prepared: PreparedFile, dirs: DirSync, retired: Retired) -> None:
     """Rename the temp file over the target, then make the rename durable (directory fsync)."""
-    rename_into_place(prepared)
+    rename_into_place(prepared, retired)
     dirs.sync(prepared.located)
 
 
-def rename_into_place(prepared: PreparedFile) -> None:
-    """Rename the temp file over the target (not yet durable: see :class:`DirSync`)."""
+def rename_into_place(prepared: PreparedFile, retired: Retired) -> None:
+    """Rename the temp file over the target (not yet durable: see :class:`DirSync`); the
+    original's descriptor goes to ``retired``."""
     located = prepared.located
     assert prepared.temp is not None
     try:
@@ -316,9 +387,12 @@ def rename_into_place(prepared: PreparedFile) -> None:
             prepared.temp, located.name, src_dir_fd=located.dir_fd, dst_dir_fd=located.dir_fd
         )
     except OSError as exc:
-        _unlink_quietly(located, prepared.temp)
+        discard(prepared)
         raise from_os_error(exc, located.shown) from None
     prepared.temp = None
+    if prepared.old_fd >= 0:
+        retired.add(prepared.old_fd)
+        prepared.old_fd = -1
 
 
 class _DirState:
@@ -403,6 +477,74 @@ class DirSync:
                     del self._dirs[key]
 
 
+class _BatchDir:
+    __slots__ = ("left", "located", "renamed")
+
+    def __init__(self, left: int) -> None:
+        self.left = left  # files of this directory not finished yet
+        self.located: Located | None = None  # a duplicate descriptor of it, once one renamed
+        self.renamed: list[PreparedFile] = []
+
+
+class BatchDirs:
+    """A batch's directory fsyncs: one per directory, by the last of its files to finish.
+
+    In a batch, no file's result is sent before every file is done, so a renamed file need
+    not have its directory fsynced at once: the worker that finishes a directory's last file
+    fsyncs it once, which covers every rename made there before (they are all done), and only
+    then are those files reported written (a failed fsync fails all of them). A 200-file batch
+    in 10 directories pays 10 directory fsyncs instead of up to 200, and its workers never
+    wait on each other's.
+    """
+
+    def __init__(self, dirs: DirSync, paths: Iterable[str]) -> None:
+        self._dirs = dirs
+        self._lock = threading.Lock()
+        self._by_dir: dict[str, _BatchDir] = {}
+        for path in paths:
+            key = os.path.dirname(path)
+            state = self._by_dir.get(key)
+            if state is None:
+                self._by_dir[key] = _BatchDir(1)
+            else:
+                state.left += 1
+
+    def finished(
+        self,
+        path: str,
+        prepared: PreparedFile | None,
+        report: Callable[[PreparedFile, PlokeIoError | None], None],
+    ) -> None:
+        """One file of the batch is done: renamed into place (``prepared``) or not (None).
+
+        ``report(prepared, error)`` is called for every renamed file of the directory once
+        its fsync is done (error None) or failed; by whichever call finishes the directory.
+        """
+        state = self._by_dir[os.path.dirname(path)]
+        with self._lock:
+            if prepared is not None:
+                if state.located is None:
+                    loc = prepared.located
+                    state.located = Located(os.dup(loc.dir_fd), loc.name, loc.shown, loc.st)
+                state.renamed.append(prepared)
+            state.left -= 1
+            if state.left:
+                return
+            located, renamed = state.located, state.renamed
+            state.located, state.renamed = None, []
+        if located is None:
+            return
+        error: PlokeIoError | None = None
+        try:
+            self._dirs.sync(located)
+        except PlokeIoError as err:
+            error = err
+        finally:
+            os.close(located.dir_fd)
+        for p in renamed:
+            report(p, error)
+
+
 def fsync_dir(located: Located) -> None:
     try:
         dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=located.dir_fd)
@@ -415,10 +557,13 @@ def fsync_dir(located: Located) -> None:
 
 
 def discard(prepared: PreparedFile) -> None:
-    """Remove a temp file that will not be committed."""
+    """Remove a temp file that will not be committed (and close the original)."""
     if prepared.temp is not None:
         _unlink_quietly(prepared.located, prepared.temp)
         prepared.temp = None
+    if prepared.old_fd >= 0:
+        _close_quietly(prepared.old_fd)
+        prepared.old_fd = -1
 
 
 def _unlink_quietly(located: Located, name: str) -> None:
