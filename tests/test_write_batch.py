@@ -1,5 +1,6 @@
-"""How a write batch commits: one directory fsync per directory, directories taken in turn,
-replaced files closed after the answer. Real files and threads; spies only record calls."""
+"""How a write batch commits: in chunks, each in phases (temp files written, fsynced in parallel,
+renamed, one fsync per directory), directories taken in turn, replaced files closed after the
+answer. Real files and threads; the spies record calls (and inject the odd failure)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .conftest import b3, write
 async def engine(tmp_path: Path) -> AsyncIterator[IoManager]:
     root = tmp_path / "root"
     root.mkdir()
-    eng = IoManager(Config.from_sources(roots=[str(root)]))
+    eng = IoManager(Config.from_sources(roots=[str(root)], fd_limit=128))
     yield eng
     await eng.aclose()
 
@@ -42,19 +43,37 @@ def edits_for(files: list[Path]) -> list[Edit]:
 
 
 class Spy:
-    """Records every rename into place and every real directory fsync, with times."""
+    """Records temp-file fsyncs, renames into place and directory fsyncs, with times."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        fail_dir: str | None = None,
+        fail_temp: str | None = None,
+    ) -> None:
         self.lock = threading.Lock()
-        self.renames: list[tuple[str, float]] = []  # (directory, when the rename finished)
+        self.temp_syncs: list[tuple[str, float]] = []  # (file, when its fsync ended)
+        self.renames: list[tuple[str, str, float]] = []  # (directory, file, when it ended)
         self.fsyncs: list[tuple[str, float, bool]] = []  # (directory, when it started, failed)
+        real_sync_temp = write_mod.sync_temp
         real_rename = write_mod.rename_into_place
         real_fsync = write_mod.fsync_dir
 
+        def sync_temp(prepared: write_mod.PreparedFile) -> PlokeIoError | None:
+            name = prepared.located.name
+            if name == fail_temp:
+                write_mod.discard(prepared)
+                return PlokeIoError(ErrorKind.Io, f"{name}: fsync failed: [Errno 5] I/O error")
+            err = real_sync_temp(prepared)
+            with self.lock:
+                self.temp_syncs.append((name, time.monotonic()))
+            return err
+
         def rename_into_place(prepared: write_mod.PreparedFile, retired: object) -> None:
             real_rename(prepared, retired)  # type: ignore[arg-type]
+            d = self._dir(prepared.located.dir_fd)
             with self.lock:
-                self.renames.append((self._dir(prepared.located.dir_fd), time.monotonic()))
+                self.renames.append((d, prepared.located.name, time.monotonic()))
 
         def fsync_dir(located: object) -> None:
             d = self._dir(located.dir_fd)  # type: ignore[attr-defined]
@@ -66,6 +85,7 @@ class Spy:
                 raise PlokeIoError(ErrorKind.Io, f"{d}: fsync failed: [Errno 5] Input/output error")
             real_fsync(located)  # type: ignore[arg-type]
 
+        monkeypatch.setattr(write_mod, "sync_temp", sync_temp)
         monkeypatch.setattr(write_mod, "rename_into_place", rename_into_place)
         monkeypatch.setattr(write_mod, "fsync_dir", fsync_dir)
 
@@ -74,21 +94,72 @@ class Spy:
         return os.path.basename(os.readlink(f"/proc/self/fd/{dir_fd}"))
 
 
-async def test_a_batch_fsyncs_each_directory_once_after_its_last_rename(
+async def test_a_batch_commits_in_phases_with_one_fsync_per_directory(
     engine: IoManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    files = make_tree(Path(engine.config.roots[0]), dirs=5, per_dir=12)
+    monkeypatch.setattr(manager_mod, "WRITE_CHUNK_FILES", 64)
+    files = make_tree(Path(engine.config.roots[0]), dirs=5, per_dir=12)  # one chunk
     spy = Spy(monkeypatch)
     results = await engine.write_snippets(edits_for(files))
     assert all(isinstance(r, EditResult) for r in results), results
     assert all(f.read_text().startswith("FILE") for f in files)
-    # Exactly one fsync per directory, none failed...
+    # Every temp file was fsynced before the first rename...
+    assert len(spy.temp_syncs) == 60
+    assert max(t for _f, t in spy.temp_syncs) <= min(t for _d, _f, t in spy.renames)
+    # ... then exactly one fsync per directory, each after every rename in its directory.
     assert sorted(d for d, _t, _f in spy.fsyncs) == [f"d{d}" for d in range(5)]
-    # ... each started after every rename in its directory had finished.
     for d, started, _f in spy.fsyncs:
-        renamed = [t for rd, t in spy.renames if rd == d]
+        renamed = [t for rd, _f, t in spy.renames if rd == d]
         assert len(renamed) == 12
         assert max(renamed) <= started
+
+
+async def test_a_batch_bigger_than_a_chunk_covers_every_rename(
+    engine: IoManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manager_mod, "WRITE_CHUNK_FILES", 10)
+    files = make_tree(Path(engine.config.roots[0]), dirs=4, per_dir=10)  # 4 chunks
+    spy = Spy(monkeypatch)
+    results = await engine.write_snippets(edits_for(files))
+    assert all(isinstance(r, EditResult) for r in results), results
+    assert all(f.read_text().startswith("FILE") for f in files)
+    # Each file's directory was fsynced after its rename; a few fsyncs per directory.
+    for d, _name, renamed in spy.renames:
+        assert any(fd == d and started >= renamed for fd, started, _f in spy.fsyncs)
+    assert len(spy.fsyncs) <= 4 * 4
+
+
+async def test_a_failed_temp_fsync_fails_that_file_only(
+    engine: IoManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = make_tree(Path(engine.config.roots[0]), dirs=2, per_dir=3)
+    Spy(monkeypatch, fail_temp="f1.txt")
+    before = {f: f.read_bytes() for f in files}
+    results = await engine.write_snippets(edits_for(files))
+    for f, r in zip(files, results, strict=True):
+        if f.name == "f1.txt":
+            assert isinstance(r, PlokeIoError) and r.kind is ErrorKind.Io, r
+            assert f.read_bytes() == before[f]
+        else:
+            assert isinstance(r, EditResult), r
+    assert temps(Path(engine.config.roots[0])) == []
+
+
+async def test_a_failed_temp_fsync_aborts_an_atomic_batch(
+    engine: IoManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = make_tree(Path(engine.config.roots[0]), dirs=2, per_dir=3)
+    spy = Spy(monkeypatch, fail_temp="f2.txt")
+    before = {f: f.read_bytes() for f in files}
+    results = await engine.write_snippets(edits_for(files), atomic=True)
+    assert all(isinstance(r, PlokeIoError) for r in results), results
+    assert {f.read_bytes() for f in files} == set(before.values())
+    assert spy.renames == []
+    assert temps(Path(engine.config.roots[0])) == []
+
+
+def temps(root: Path) -> list[str]:
+    return [n for _d, _s, names in os.walk(root) for n in names if write_mod.is_temp_name(n)]
 
 
 async def test_a_failed_directory_fsync_fails_exactly_that_directorys_files(
@@ -105,16 +176,13 @@ async def test_a_failed_directory_fsync_fails_exactly_that_directorys_files(
             assert isinstance(r, EditResult), r
 
 
-async def test_files_that_fail_still_let_their_directory_be_synced(
+async def test_failures_in_a_batch_leave_the_other_files_committed(
     engine: IoManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The last file of a directory may be the one that fails: the others still get their
-    fsync (by that file's worker) and their results."""
     root = Path(engine.config.roots[0])
     files = make_tree(root, dirs=2, per_dir=3)
     spy = Spy(monkeypatch)
     edits = edits_for(files)
-    # Every file of d0 taken in turn fails but one; a missing file in d1.
     edits[0] = Edit(edits[0].file_path, "0" * 64, 0, 4, "FILE")
     edits[4] = Edit(edits[4].file_path, "0" * 64, 0, 4, "FILE")
     edits.append(Edit(str(root / "d1" / "missing.txt"), "0" * 64, 0, 1, "x"))
@@ -125,6 +193,23 @@ async def test_files_that_fail_still_let_their_directory_be_synced(
         ErrorKind.NotFound,
     ]  # fmt: skip
     assert sorted(d for d, _t, _f in spy.fsyncs) == ["d0", "d1"]
+
+
+async def test_one_file_named_twice_in_a_batch_is_edited_in_turn(engine: IoManager) -> None:
+    root = Path(engine.config.roots[0])
+    [f, g] = make_tree(root, dirs=1, per_dir=2)
+    h = b3(f.read_bytes())
+    (root / "link").symlink_to(root / "d0")  # a second spelling of d0 (within the root)
+    other = str(root / "link" / f.name)
+    results = await engine.write_snippets(
+        [Edit(str(f), h, 0, 4, "FILE"), Edit(other, h, 0, 4, "ELIF"), *edits_for([g])]
+    )
+    # The second spelling is taken after the first is committed: it no longer matches.
+    assert isinstance(results[0], EditResult), results
+    assert isinstance(results[1], PlokeIoError), results
+    assert results[1].kind is ErrorKind.ContentMismatch, results
+    assert isinstance(results[2], EditResult), results
+    assert f.read_text().startswith("FILE")
 
 
 async def test_a_lone_write_is_durable_before_it_returns(
@@ -208,3 +293,21 @@ async def test_failed_and_dry_run_writes_close_the_original_at_once(engine: IoMa
     assert isinstance(r, EditResult) and r.diff
     assert fds_on(inode) == []
     assert f.stat().st_ino == inode
+
+
+async def test_one_file_named_twice_in_an_atomic_batch_changes_nothing(engine: IoManager) -> None:
+    root = Path(engine.config.roots[0])
+    [f, g] = make_tree(root, dirs=1, per_dir=2)
+    before = {f.read_bytes(), g.read_bytes()}
+    (root / "link").symlink_to(root / "d0")
+    h = b3(f.read_bytes())
+    results = await engine.write_snippets(
+        [Edit(str(f), h, 0, 4, "FILE"), Edit(str(root / "link" / f.name), h, 5, 6, "x"),
+         *edits_for([g])],
+        atomic=True,
+    )  # fmt: skip
+    assert [r.kind for r in results if isinstance(r, PlokeIoError)] == [
+        ErrorKind.InvalidRange, ErrorKind.InvalidRange, ErrorKind.Io,
+    ]  # fmt: skip
+    assert "two different paths" in results[0].message  # type: ignore[union-attr]
+    assert {f.read_bytes(), g.read_bytes()} == before

@@ -24,7 +24,7 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
@@ -36,18 +36,19 @@ from .read import read_all
 
 __all__ = [
     "TEMP_MARK",
-    "BatchDirs",
     "DirSync",
     "FileLocks",
     "PreparedFile",
     "Retired",
     "commit",
     "create_file",
+    "dir_key",
     "discard",
     "is_temp_name",
     "prepare_edits",
     "remove_stale_temps",
     "rename_into_place",
+    "sync_temp",
     "validate_group",
 ]
 
@@ -58,6 +59,9 @@ _NAME_MAX = 255
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
+
+_EUID_EGID = (os.geteuid(), os.getegid())
+"""The server's effective user and group (a process's credentials do not change here)."""
 
 _TEMP_RE = re.compile(r"^\..*\.ploke-tmp\.(\d+)\.[0-9a-f]{8}$", re.DOTALL)
 
@@ -118,6 +122,15 @@ class FileLocks:
                         del self._locks[key]
 
 
+def dir_key(located: Located) -> tuple[int, int]:
+    """The device and inode of a located file's directory."""
+    try:
+        st = os.fstat(located.dir_fd)
+    except OSError as exc:
+        raise from_os_error(exc, located.shown) from None
+    return (st.st_dev, st.st_ino)
+
+
 def lock_key(located: Located) -> tuple[int, int, str]:
     try:
         st = os.fstat(located.dir_fd)
@@ -139,6 +152,8 @@ class PreparedFile:
     new_size: int = 0
     old_fd: int = -1
     """The original's read descriptor, held across the rename (see :class:`Retired`)."""
+    temp_fd: int = -1
+    """The temp file, written but not yet fsynced (``prepare_edits(sync=False)``)."""
 
 
 class Retired:
@@ -238,11 +253,16 @@ def prepare_edits(
     max_bytes: int,
     *,
     dry_run: bool,
+    sync: bool = True,
 ) -> PreparedFile:
-    """Verify and splice one file's edits (its lock held); write the temp file unless dry_run."""
+    """Verify and splice one file's edits (its lock held); write the temp file unless dry_run.
+
+    ``sync=False`` leaves the temp file unsynced and open (``temp_fd``): the caller fsyncs
+    it with :func:`sync_temp` (a batch fsyncs its files in parallel) before the rename.
+    """
     data, st, fd = _read_locked(located, max_bytes)
     try:
-        prepared = _prepare(located, edits, data, st, dry_run=dry_run)
+        prepared = _prepare(located, edits, data, st, dry_run=dry_run, sync=sync)
     except BaseException:
         os.close(fd)
         raise
@@ -260,6 +280,7 @@ def _prepare(
     st: os.stat_result,
     *,
     dry_run: bool,
+    sync: bool,
 ) -> PreparedFile:
     shown = located.shown
     old_hash = hash_bytes(data)
@@ -329,7 +350,9 @@ def _prepare(
         located, old_hash, new_hash, results, mode=stat.S_IMODE(st.st_mode), new_size=len(new_data)
     )
     if not dry_run:
-        prepared.temp = _write_temp(located, new_data, prepared.mode, st)
+        prepared.temp, prepared.temp_fd = _write_temp(
+            located, new_data, prepared.mode, st, sync=sync
+        )
     return prepared
 
 
@@ -346,8 +369,15 @@ def unified_diff(old: str, new: str, shown: str) -> str:
     return "".join(out)
 
 
-def _write_temp(located: Located, data: bytes, mode: int, st: os.stat_result | None) -> str:
-    """Write ``data`` to a new temp file beside the target, fsync it, set its mode."""
+def _write_temp(
+    located: Located, data: bytes, mode: int, st: os.stat_result | None, *, sync: bool = True
+) -> tuple[str, int]:
+    """Write ``data`` to a new temp file beside the target, give it the target's owner and
+    mode, and fsync it (owner and mode first, so the fsync makes them durable too).
+
+    Returns the temp file's name, and with ``sync=False`` its still open, unsynced
+    descriptor (else -1).
+    """
     shown = located.shown
     temp = _temp_name(located.name)
     try:
@@ -358,17 +388,36 @@ def _write_temp(located: Located, data: bytes, mode: int, st: os.stat_result | N
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)  # a failure here fails the write: never retried (fsyncgate)
-        if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+        if st is not None and (st.st_uid, st.st_gid) != _EUID_EGID:
             with contextlib.suppress(PermissionError):
                 os.fchown(fd, st.st_uid, st.st_gid)
         os.fchmod(fd, mode)  # after fchown, which clears setuid/setgid
+        if sync:
+            os.fsync(fd)  # a failure here fails the write: never retried (fsyncgate)
     except OSError as exc:
         os.close(fd)
         _unlink_quietly(located, temp)
         raise from_os_error(exc, shown) from None
-    os.close(fd)
-    return temp
+    if sync:
+        os.close(fd)
+        return temp, -1
+    return temp, fd
+
+
+def sync_temp(prepared: PreparedFile) -> PlokeIoError | None:
+    """Fsync a temp file written by ``prepare_edits(sync=False)`` and close it; on failure
+    remove it (and close the original) and return the error: the file is not changed."""
+    fd, prepared.temp_fd = prepared.temp_fd, -1
+    if fd < 0:
+        return None
+    try:
+        os.fsync(fd)  # a failure here fails the write: never retried (fsyncgate)
+    except OSError as exc:
+        discard(prepared)
+        return from_os_error(exc, prepared.located.shown)
+    finally:
+        os.close(fd)
+    return None
 
 
 def commit(prepared: PreparedFile, dirs: DirSync, retired: Retired) -> None:
@@ -382,6 +431,7 @@ def rename_into_place(prepared: PreparedFile, retired: Retired) -> None:
     original's descriptor goes to ``retired``."""
     located = prepared.located
     assert prepared.temp is not None
+    assert prepared.temp_fd < 0, "a temp file is renamed only once fsynced"
     try:
         os.replace(
             prepared.temp, located.name, src_dir_fd=located.dir_fd, dst_dir_fd=located.dir_fd
@@ -477,74 +527,6 @@ class DirSync:
                     del self._dirs[key]
 
 
-class _BatchDir:
-    __slots__ = ("left", "located", "renamed")
-
-    def __init__(self, left: int) -> None:
-        self.left = left  # files of this directory not finished yet
-        self.located: Located | None = None  # a duplicate descriptor of it, once one renamed
-        self.renamed: list[PreparedFile] = []
-
-
-class BatchDirs:
-    """A batch's directory fsyncs: one per directory, by the last of its files to finish.
-
-    In a batch, no file's result is sent before every file is done, so a renamed file need
-    not have its directory fsynced at once: the worker that finishes a directory's last file
-    fsyncs it once, which covers every rename made there before (they are all done), and only
-    then are those files reported written (a failed fsync fails all of them). A 200-file batch
-    in 10 directories pays 10 directory fsyncs instead of up to 200, and its workers never
-    wait on each other's.
-    """
-
-    def __init__(self, dirs: DirSync, paths: Iterable[str]) -> None:
-        self._dirs = dirs
-        self._lock = threading.Lock()
-        self._by_dir: dict[str, _BatchDir] = {}
-        for path in paths:
-            key = os.path.dirname(path)
-            state = self._by_dir.get(key)
-            if state is None:
-                self._by_dir[key] = _BatchDir(1)
-            else:
-                state.left += 1
-
-    def finished(
-        self,
-        path: str,
-        prepared: PreparedFile | None,
-        report: Callable[[PreparedFile, PlokeIoError | None], None],
-    ) -> None:
-        """One file of the batch is done: renamed into place (``prepared``) or not (None).
-
-        ``report(prepared, error)`` is called for every renamed file of the directory once
-        its fsync is done (error None) or failed; by whichever call finishes the directory.
-        """
-        state = self._by_dir[os.path.dirname(path)]
-        with self._lock:
-            if prepared is not None:
-                if state.located is None:
-                    loc = prepared.located
-                    state.located = Located(os.dup(loc.dir_fd), loc.name, loc.shown, loc.st)
-                state.renamed.append(prepared)
-            state.left -= 1
-            if state.left:
-                return
-            located, renamed = state.located, state.renamed
-            state.located, state.renamed = None, []
-        if located is None:
-            return
-        error: PlokeIoError | None = None
-        try:
-            self._dirs.sync(located)
-        except PlokeIoError as err:
-            error = err
-        finally:
-            os.close(located.dir_fd)
-        for p in renamed:
-            report(p, error)
-
-
 def fsync_dir(located: Located) -> None:
     try:
         dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=located.dir_fd)
@@ -564,6 +546,9 @@ def discard(prepared: PreparedFile) -> None:
     if prepared.old_fd >= 0:
         _close_quietly(prepared.old_fd)
         prepared.old_fd = -1
+    if prepared.temp_fd >= 0:
+        _close_quietly(prepared.temp_fd)
+        prepared.temp_fd = -1
 
 
 def _unlink_quietly(located: Located, name: str) -> None:
@@ -611,7 +596,7 @@ def create_file(
             if exists and not new.overwrite:
                 raise PlokeIoError(ErrorKind.AlreadyExists, f"{located.shown}: already exists")
             umask = _umask()
-            temp = _write_temp(located, data, 0o666 & ~umask, None)
+            temp, _fd = _write_temp(located, data, 0o666 & ~umask, None)
             if not may_commit():
                 _unlink_quietly(located, temp)
                 return None
