@@ -973,6 +973,21 @@ class IoManager:
             raise RuntimeError("IoManager is closed")
         loop = asyncio.get_running_loop()
         resolver = Resolver(policy or self.policy, self.root_fds)
+        if inline and len(jobs) == 1 and (weight is None or weight(jobs[0]) == 1):
+            # One file on the loop's thread, without the executor's machinery.
+            try:
+                with read.inline_mode():
+                    work(resolver, jobs[0])
+            except read.Offload:
+                pass  # start again on the executor, below
+            except BaseException:
+                resolver.close()
+                raise
+            else:
+                resolver.close()
+                if progress is not None:
+                    progress(1, 1)
+                return
         stop = threading.Event()
         feed: Iterator[_J] = iter(jobs)
         feed_lock = threading.Lock()
@@ -1002,18 +1017,6 @@ class IoManager:
                     if due:
                         loop.call_soon_threadsafe(report, n)
 
-        if inline and total == 1:
-            try:
-                with read.inline_mode():
-                    worker()
-            except read.Offload:
-                feed = iter(jobs)  # start again on the executor
-            except BaseException:
-                resolver.close()
-                raise
-            else:
-                resolver.close()
-                return
         nworkers = min(self.config.fd_limit, parallelism, total)
         futures = [loop.run_in_executor(self._executor, worker) for _ in range(nworkers)]
         all_done = futures[0] if nworkers == 1 else asyncio.gather(*futures)

@@ -20,6 +20,7 @@ import difflib
 import errno
 import itertools
 import os
+import random
 import re
 import secrets
 import stat
@@ -71,9 +72,26 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_RE.match(name) is not None
 
 
+class _TempNames:
+    """The pid and a random source for temp names, without a system call per name (the pid
+    is read again after a fork). The names need not be unpredictable: temp files are created
+    with O_EXCL | O_NOFOLLOW relative to a directory descriptor."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.pid = os.getpid()
+        self.random = random.Random(secrets.randbits(64))
+
+
+_NAMES = _TempNames()
+
+
 def _temp_name(name: str) -> str:
     """``.<name>.ploke-tmp.<pid>.<hex>``, the name cut (on a character) to fit 255 bytes."""
-    suffix = f"{TEMP_MARK}{os.getpid()}.{secrets.token_hex(4)}"
+    suffix = f"{TEMP_MARK}{_NAMES.pid}.{_NAMES.random.getrandbits(32):08x}"
     room = _NAME_MAX - len(suffix) - 1
     head = os.fsencode(name)[:room]
     return "." + head.decode("utf-8", "ignore") + suffix
