@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_read.py --json benchmarks/results-generated.json
 	$(PY) benchmarks/bench_read.py --tree $(BENCH_TREE) --json benchmarks/results-tree.json
 	$(PY) benchmarks/bench_write.py --json benchmarks/results-write.json
+	$(PY) benchmarks/bench_write.py --journaled-ext4 --json benchmarks/results-write-journaled.json
 	$(PY) benchmarks/bench_scan.py --tree $(BENCH_TREE) --json benchmarks/results-scan.json
 	$(PY) benchmarks/bench_watch.py --json benchmarks/results-watch.json
 

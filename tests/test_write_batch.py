@@ -311,3 +311,23 @@ async def test_one_file_named_twice_in_an_atomic_batch_changes_nothing(engine: I
     ]  # fmt: skip
     assert "two different paths" in results[0].message  # type: ignore[union-attr]
     assert {f.read_bytes(), g.read_bytes()} == before
+
+
+async def test_replaced_files_held_open_stay_within_the_budget(tmp_path: Path) -> None:
+    root = tmp_path / "small"
+    root.mkdir()
+    eng = IoManager(Config.from_sources(roots=[str(root)], fd_limit=4))  # budget: 8
+    try:
+        files = make_tree(root, dirs=2, per_dir=10)
+        inodes = {f.stat().st_ino for f in files}
+        results = await eng.write_snippets(edits_for(files))
+        assert all(isinstance(r, EditResult) for r in results), results
+        held = [i for i in inodes if fds_on(i)]
+        assert 0 < len(held) <= 8
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (eng.retired_budget.held or held):
+            await asyncio.sleep(0.01)
+            held = [i for i in inodes if fds_on(i)]
+        assert held == [] and eng.retired_budget.held == 0
+    finally:
+        await eng.aclose()

@@ -203,6 +203,8 @@ class IoManager:
         self._trusted_scans_done.set()
         self._cleanups: list[asyncio.Future[int]] = []
         self._cleaned: set[str] = set()
+        self.retired_budget = write.FdBudget(2 * config.fd_limit)
+        """Replaced files' descriptors held until their requests are answered (write.Retired)."""
         self._pool_lock = threading.Lock()
         self._fsyncs: ThreadPoolExecutor | None = None
         self._executor = ThreadPoolExecutor(
@@ -488,7 +490,7 @@ class IoManager:
         jobs = _interleave_dirs(jobs)
         max_bytes = self.config.max_file_bytes
         gate = _CommitGate()
-        retired = write.Retired()
+        retired = write.Retired(self.retired_budget)
         inline = (
             inline
             and len(jobs) == 1
@@ -564,13 +566,14 @@ class IoManager:
         if not fds:
             return
         loop = asyncio.get_running_loop()
+        budget = self.retired_budget
         if len(fds) <= CLOSE_ON_LOOP_MAX:
-            loop.call_soon(write.close_all, fds)
+            loop.call_soon(write.close_retired, fds, budget)
             return
         try:
-            loop.run_in_executor(self._executor, write.close_all, fds)
+            loop.run_in_executor(self._executor, write.close_retired, fds, budget)
         except RuntimeError:  # the executor is shut down
-            write.close_all(fds)
+            write.close_retired(fds, budget)
 
     def _fsync_pool(self) -> ThreadPoolExecutor:
         """Threads that only wait in fsync (never on other work: no deadlock when a worker
