@@ -331,3 +331,19 @@ async def test_replaced_files_held_open_stay_within_the_budget(tmp_path: Path) -
         assert held == [] and eng.retired_budget.held == 0
     finally:
         await eng.aclose()
+
+
+async def test_a_batch_with_missing_files_leaks_no_descriptor(engine: IoManager) -> None:
+    root = Path(engine.config.roots[0])
+    files = make_tree(root, dirs=2, per_dir=3)
+    await engine.write_snippets(edits_for(files[:1]))  # opens (and caches) the root
+    await asyncio.sleep(0)
+    before = open_fds()
+    missing = [Edit(str(root / f"d{d}" / "gone.txt"), "0" * 64, 0, 1, "x") for d in range(2)]
+    for atomic in (False, True):
+        results = await engine.write_snippets([*missing, *edits_for(files)], atomic=atomic)
+        assert [r.kind for r in results[:2]] == [ErrorKind.NotFound] * 2  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and open_fds() != before:
+        await asyncio.sleep(0.01)
+    assert open_fds() == before

@@ -618,9 +618,10 @@ class IoManager:
                 if atomic and failed:
                     _abort(results)
                     return
-                located = [(loc, g) for loc, g in located if loc.st is not None]
                 keyed: list[tuple[tuple[int, int, str], Located, list[tuple[int, Edit]]]] = []
                 for loc, group in located:
+                    if loc.st is None:
+                        continue  # failed above (NotFound)
                     try:
                         keyed.append((write.lock_key(loc), loc, group))
                     except PlokeIoError as err:
@@ -758,7 +759,12 @@ class IoManager:
         results."""
         by_dir: dict[tuple[int, int], list[write.PreparedFile]] = {}
         for p in renamed:
-            by_dir.setdefault(write.dir_key(p.located), []).append(p)
+            try:
+                key = write.dir_key(p.located)
+            except PlokeIoError as err:  # cannot happen on an open descriptor; still, no hole
+                _fail_file(results, p, err)
+                continue
+            by_dir.setdefault(key, []).append(p)
 
         def sync(files: list[write.PreparedFile]) -> PlokeIoError | None:
             try:
