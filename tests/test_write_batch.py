@@ -347,3 +347,34 @@ async def test_a_batch_with_missing_files_leaks_no_descriptor(engine: IoManager)
     while time.monotonic() < deadline and open_fds() != before:
         await asyncio.sleep(0.01)
     assert open_fds() == before
+
+
+async def test_an_atomic_batch_holds_a_chunks_worth_of_temp_files_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "atomic"
+    root.mkdir()
+    eng = IoManager(Config.from_sources(roots=[str(root)], fd_limit=8))  # chunks of 4
+    open_temps: list[int] = []
+    real_sync = write_mod.sync_temp
+
+    def sync_temp(prepared: write_mod.PreparedFile) -> PlokeIoError | None:
+        open_temps.append(len([n for n in os.listdir("/proc/self/fd") if _is_temp_fd(n)]))
+        return real_sync(prepared)
+
+    monkeypatch.setattr(write_mod, "sync_temp", sync_temp)
+    try:
+        files = make_tree(root, dirs=3, per_dir=7)  # 21 files: one atomic chunk
+        results = await eng.write_snippets(edits_for(files), atomic=True)
+        assert all(isinstance(r, EditResult) for r in results), results
+        assert all(f.read_text().startswith("FILE") for f in files)
+        assert len(open_temps) == 21 and max(open_temps) <= 4
+    finally:
+        await eng.aclose()
+
+
+def _is_temp_fd(n: str) -> bool:
+    try:
+        return write_mod.is_temp_name(os.path.basename(os.readlink(f"/proc/self/fd/{n}")))
+    except OSError:
+        return False

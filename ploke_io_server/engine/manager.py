@@ -693,29 +693,43 @@ class IoManager:
 
         Atomic: a failure in phase 1 or 2 removes every temp file and changes nothing.
         """
-        prepared: list[write.PreparedFile] = []
+        prepared: list[write.PreparedFile] = []  # temp file durable, ready to be renamed
+        unsynced: list[write.PreparedFile] = []  # temp file written, still open
         failed = False
+
+        def sync_temps() -> bool:
+            """Phase 2 for the temp files written so far; False if one failed."""
+            ok = True
+            for p, err in zip(unsynced, self._parallel(write.sync_temp, unsynced), strict=True):
+                if err is None:
+                    prepared.append(p)
+                else:
+                    ok = not _fail_file(results, p, err)
+            unsynced.clear()
+            return ok
+
+        # An atomic batch (one chunk, however large) fsyncs its temp files a chunk's worth at
+        # a time, so that it holds at most that many of them open.
+        at_most = self._chunk_size(len(keyed)) if atomic else len(keyed)
         with self.locks.hold([key for key, _loc, _g in keyed]):
             try:
                 for _key, loc, group in keyed:
                     try:
-                        prepared.append(
+                        unsynced.append(
                             write.prepare_edits(loc, group, max_bytes, dry_run=False, sync=False)
                         )
                     except PlokeIoError as err:
                         failed = _fail(results, group, err)
                         if atomic:
                             break
-                if not (atomic and failed):
-                    synced = []
-                    for p, sync_err in zip(
-                        prepared, self._parallel(write.sync_temp, prepared), strict=True
-                    ):
-                        if sync_err is None:
-                            synced.append(p)
-                        else:
-                            failed = _fail_file(results, p, sync_err)
-                    prepared = synced
+                    if len(unsynced) >= at_most and not sync_temps():
+                        failed = True
+                        if atomic:
+                            break
+                if not (atomic and failed) and not sync_temps():
+                    failed = True
+                prepared.extend(unsynced)  # (an atomic failure left some unsynced)
+                unsynced.clear()
                 if (atomic and failed) or not gate.may_commit():
                     for p in prepared:
                         write.discard(p)
@@ -746,7 +760,7 @@ class IoManager:
                 prepared = []
                 self._sync_renamed(renamed, results, origin)
             finally:
-                for p in prepared:  # an unexpected error: nothing half done stays behind
+                for p in prepared + unsynced:  # an unexpected error: nothing half done stays
                     write.discard(p)
 
     def _sync_renamed(
