@@ -152,11 +152,7 @@ def dir_key(located: Located) -> tuple[int, int]:
 
 
 def lock_key(located: Located) -> tuple[int, int, str]:
-    try:
-        st = os.fstat(located.dir_fd)
-    except OSError as exc:
-        raise from_os_error(exc, located.shown) from None
-    return (st.st_dev, st.st_ino, located.name)
+    return (*dir_key(located), located.name)
 
 
 @attrs.define
@@ -234,13 +230,9 @@ class Retired:
 
 
 def close_retired(fds: Sequence[int], budget: FdBudget) -> None:
-    close_all(fds)
-    budget.give_back(len(fds))
-
-
-def close_all(fds: Sequence[int]) -> None:
     for fd in fds:
         _close_quietly(fd)
+    budget.give_back(len(fds))
 
 
 def _close_quietly(fd: int) -> None:
@@ -524,11 +516,7 @@ class DirSync:
         self._dirs: dict[tuple[int, int], _DirState] = {}
 
     def sync(self, located: Located) -> None:
-        try:
-            st = os.fstat(located.dir_fd)
-        except OSError as exc:
-            raise from_os_error(exc, located.shown) from None
-        key = (st.st_dev, st.st_ino)
+        key = dir_key(located)
         cond = self._cond
         with cond:
             state = self._dirs.get(key)
