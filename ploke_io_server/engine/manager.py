@@ -49,9 +49,10 @@ WRITE_PARALLELISM = 8
 """Worker threads a dry-run batch uses."""
 
 WRITE_CHUNK_FILES = 64
-"""Files of a write batch committed together (see IoManager._commit_chunk): each holds three
-descriptors until its chunk ends (its directory, the original, the temp file), so a chunk is
-also at most half the fd limit."""
+"""Files of a write batch committed together (see IoManager._commit_chunk): each holds two
+descriptors while its chunk runs (its directory, and its temp file until the fsync), so a chunk
+is also at most half the fd limit. The originals' descriptors count against the engine's
+``retired_budget``."""
 
 CHUNK_PARALLELISM = 2
 """Chunks of one batch committed at once: one reads, hashes and writes temp files while the
@@ -540,7 +541,8 @@ class IoManager:
                 # _commit_chunk); an atomic batch is one chunk.
                 size = len(jobs) if atomic else self._chunk_size(len(jobs))
                 chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-                commit = self._chunk_writer(results, max_bytes, origin, gate, retired, atomic)
+                batch = _WriteBatch(results, max_bytes, origin, gate, retired)
+                commit = self._chunk_writer(batch, atomic)
                 await self._run(
                     policy, chunks, commit, progress, cancel_ok=gate.cancel,
                     inline=inline, weight=len, parallelism=CHUNK_PARALLELISM,
@@ -593,14 +595,10 @@ class IoManager:
         return list(self._fsync_pool().map(fn, items))
 
     def _chunk_writer(
-        self,
-        results: list[EditResult | PlokeIoError | None],
-        max_bytes: int,
-        origin: str | None,
-        gate: _CommitGate,
-        retired: write.Retired,
-        atomic: bool,
+        self, batch: _WriteBatch, atomic: bool
     ) -> Callable[[Resolver, list[tuple[str, list[tuple[int, Edit]]]]], None]:
+        results = batch.results
+
         def run(resolver: Resolver, jobs: list[tuple[str, list[tuple[int, Edit]]]]) -> None:
             located: list[tuple[Located, list[tuple[int, Edit]]]] = []
             failed = False
@@ -618,7 +616,7 @@ class IoManager:
                 if atomic and failed:
                     _abort(results)
                     return
-                keyed: list[tuple[tuple[int, int, str], Located, list[tuple[int, Edit]]]] = []
+                keyed: list[_Keyed] = []
                 for loc, group in located:
                     if loc.st is None:
                         continue  # failed above (NotFound)
@@ -632,11 +630,11 @@ class IoManager:
                 again = self._split_repeats(keyed, results, atomic)
                 if again is None:  # atomic: the same file named twice
                     return
-                self._commit_chunk(keyed, results, max_bytes, origin, gate, retired, atomic)
+                self._commit_chunk(keyed, batch, atomic)
                 if again:
                     # A file named by two spellings: its second group sees the first's result,
                     # as two requests one after the other would.
-                    self._commit_chunk(again, results, max_bytes, origin, gate, retired, False)
+                    self._commit_chunk(again, batch, False)
             finally:
                 for loc, _g in located:
                     os.close(loc.dir_fd)
@@ -645,10 +643,10 @@ class IoManager:
 
     @staticmethod
     def _split_repeats(
-        keyed: list[tuple[tuple[int, int, str], Located, list[tuple[int, Edit]]]],
+        keyed: list[_Keyed],
         results: list[EditResult | PlokeIoError | None],
         atomic: bool,
-    ) -> list[tuple[tuple[int, int, str], Located, list[tuple[int, Edit]]]] | None:
+    ) -> list[_Keyed] | None:
         """Take out (into the returned list) the groups whose file an earlier group of the chunk
         already names by another path; in an atomic batch that fails it (None returned)."""
         seen: dict[tuple[int, int, str], list[tuple[int, Edit]]] = {}
@@ -674,16 +672,7 @@ class IoManager:
         keyed[:] = [item for item in keyed if item not in repeats]
         return repeats
 
-    def _commit_chunk(
-        self,
-        keyed: list[tuple[tuple[int, int, str], Located, list[tuple[int, Edit]]]],
-        results: list[EditResult | PlokeIoError | None],
-        max_bytes: int,
-        origin: str | None,
-        gate: _CommitGate,
-        retired: write.Retired,
-        atomic: bool,
-    ) -> None:
+    def _commit_chunk(self, keyed: list[_Keyed], batch: _WriteBatch, atomic: bool) -> None:
         """Commit a chunk of files in phases, their locks held throughout:
 
         1. read, verify and splice each file, write its temp file (no fsync yet);
@@ -693,6 +682,7 @@ class IoManager:
 
         Atomic: a failure in phase 1 or 2 removes every temp file and changes nothing.
         """
+        results = batch.results
         prepared: list[write.PreparedFile] = []  # temp file durable, ready to be renamed
         unsynced: list[write.PreparedFile] = []  # temp file written, still open
         failed = False
@@ -715,9 +705,10 @@ class IoManager:
             try:
                 for _key, loc, group in keyed:
                     try:
-                        unsynced.append(
-                            write.prepare_edits(loc, group, max_bytes, dry_run=False, sync=False)
+                        prepared_file = write.prepare_edits(
+                            loc, group, batch.max_bytes, dry_run=False, sync=False
                         )
+                        unsynced.append(prepared_file)
                     except PlokeIoError as err:
                         failed = _fail(results, group, err)
                         if atomic:
@@ -730,7 +721,7 @@ class IoManager:
                     failed = True
                 prepared.extend(unsynced)  # (an atomic failure left some unsynced)
                 unsynced.clear()
-                if (atomic and failed) or not gate.may_commit():
+                if (atomic and failed) or not batch.gate.may_commit():
                     for p in prepared:
                         write.discard(p)
                     if atomic:
@@ -741,14 +732,14 @@ class IoManager:
                 renamed: list[write.PreparedFile] = []
                 for n, p in enumerate(prepared):
                     try:
-                        write.rename_into_place(p, retired)
+                        write.rename_into_place(p, batch.retired)
                     except PlokeIoError as err:
                         _fail_file(results, p, err)
                         if atomic:
                             for rest in prepared[n + 1 :]:
                                 write.discard(rest)
                             prepared = []
-                            self._sync_renamed(renamed, results, origin)
+                            self._sync_renamed(renamed, batch)
                             _abort(
                                 results,
                                 "a rename of this atomic batch failed after "
@@ -758,19 +749,15 @@ class IoManager:
                         continue
                     renamed.append(p)
                 prepared = []
-                self._sync_renamed(renamed, results, origin)
+                self._sync_renamed(renamed, batch)
             finally:
                 for p in prepared + unsynced:  # an unexpected error: nothing half done stays
                     write.discard(p)
 
-    def _sync_renamed(
-        self,
-        renamed: list[write.PreparedFile],
-        results: list[EditResult | PlokeIoError | None],
-        origin: str | None,
-    ) -> None:
+    def _sync_renamed(self, renamed: list[write.PreparedFile], batch: _WriteBatch) -> None:
         """Make renamed files durable, one fsync per directory (in parallel); fill in their
         results."""
+        results = batch.results
         by_dir: dict[tuple[int, int], list[write.PreparedFile]] = {}
         for p in renamed:
             try:
@@ -790,7 +777,7 @@ class IoManager:
         groups = list(by_dir.values())
         for files, failure in zip(groups, self._parallel(sync, groups), strict=True):
             for p in files:
-                self._note_write(p.located, origin, p.new_size, p.new_hash)
+                self._note_write(p.located, batch.origin, p.new_size, p.new_hash)
                 for i, r in p.results:
                     results[i] = r if failure is None else failure
 
@@ -1127,6 +1114,21 @@ def _group_by_path(
         else:
             groups.setdefault(path_of(item), []).append((i, item))
     return groups
+
+
+_Keyed = tuple[tuple[int, int, str], Located, list[tuple[int, Edit]]]
+"""A file of a write chunk: its lock key, where it is, its edits."""
+
+
+@attrs.define
+class _WriteBatch:
+    """What every chunk of one write batch shares."""
+
+    results: list[EditResult | PlokeIoError | None]
+    max_bytes: int
+    origin: str | None
+    gate: _CommitGate
+    retired: write.Retired
 
 
 class _CommitGate:
