@@ -214,5 +214,12 @@ def write(path: Path, data: bytes | str) -> Path:
     return path
 
 
+def temps(root: Path) -> list[str]:
+    """Our temp files anywhere under ``root``."""
+    from ploke_io_server.engine.write import is_temp_name
+
+    return [n for _d, _s, names in os.walk(root) for n in names if is_temp_name(n)]
+
+
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))

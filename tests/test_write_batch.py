@@ -18,7 +18,7 @@ from ploke_io_server.engine import manager as manager_mod
 from ploke_io_server.engine import write as write_mod
 from ploke_io_server.types import Edit, EditResult
 
-from .conftest import b3, write
+from .conftest import b3, temps, write
 
 
 @pytest.fixture
@@ -156,10 +156,6 @@ async def test_a_failed_temp_fsync_aborts_an_atomic_batch(
     assert {f.read_bytes() for f in files} == set(before.values())
     assert spy.renames == []
     assert temps(Path(engine.config.roots[0])) == []
-
-
-def temps(root: Path) -> list[str]:
-    return [n for _d, _s, names in os.walk(root) for n in names if write_mod.is_temp_name(n)]
 
 
 async def test_a_failed_directory_fsync_fails_exactly_that_directorys_files(

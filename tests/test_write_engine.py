@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ploke_io_server import Config, ErrorKind, IoManager, PlokeIoError
-from ploke_io_server.engine.write import TEMP_MARK, is_temp_name
+from ploke_io_server.engine.write import TEMP_MARK
 from ploke_io_server.types import Created, Edit, EditResult, NewFile
 
-from .conftest import b3, write
+from .conftest import b3, temps, write
 
 
 @pytest.fixture
@@ -32,10 +32,6 @@ async def engine(tmp_path: Path) -> AsyncIterator[IoManager]:
 
 def root_of(engine: IoManager) -> Path:
     return Path(engine.config.roots[0])
-
-
-def temps(root: Path) -> list[str]:
-    return [n for _d, _s, files in os.walk(root) for n in files if is_temp_name(n)]
 
 
 def ok(result: EditResult | PlokeIoError) -> EditResult:
