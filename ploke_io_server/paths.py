@@ -11,6 +11,11 @@ by reading them and continuing the walk, under the :class:`~ploke_io_server.conf
 root's canonical parent and is only allowed to come back into a root (``/r/../r/a`` is fine,
 ``/r/../etc`` is OutsideRoots).
 
+Where Linux has ``openat2`` (5.6+), a path's directories, when they are plain names, are opened
+in one call with ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``: the kernel does the same walk, one
+component at a time, and fails at the first symlink; that path, or any other failure, goes
+through the component-by-component walk, which applies the policy and words the error.
+
 A Resolver caches directory descriptors for one batch (keyed by the physical component path
 under the root, which is only ever reached without following a symlink), so a batch of files in
 the same directories costs one ``openat`` per file. Messages name paths relative to the root
@@ -20,10 +25,12 @@ as the client spelled them, never a resolved path.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import os
 import stat
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -53,6 +60,53 @@ _DIR_FLAGS = _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | _O_CLOEXEC
 
 T = TypeVar("T")
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_SYS_OPENAT2 = 437  # the same number on every Linux architecture (5.6+)
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+
+
+def _load_openat2() -> Callable[[int, str], int] | None:
+    """``openat2(dir_fd, path, _DIR_FLAGS, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)``: a whole
+    directory path opened in one system call, failing (ELOOP) wherever a symlink is met, or
+    None where the system call is not available."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+    except (OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+    how = _OpenHow(_DIR_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+    how_ref = ctypes.byref(how)
+    size = ctypes.c_size_t(ctypes.sizeof(how))
+    nr = ctypes.c_long(_SYS_OPENAT2)
+
+    def openat2(dir_fd: int, path: str) -> int:
+        fd: int = syscall(nr, ctypes.c_int(dir_fd), os.fsencode(path), how_ref, size)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        return fd
+
+    top = os.open("/", _DIR_FLAGS)
+    try:  # ENOSYS (old kernel), EPERM (seccomp filters that predate it)
+        os.close(openat2(top, "."))
+    except OSError:
+        return None
+    finally:
+        os.close(top)
+    return openat2
+
+
+_openat2 = _load_openat2()
 
 
 @attrs.frozen
@@ -338,7 +392,12 @@ class Resolver:
         # Fast path: a plain path whose parent directory this batch has already opened.
         if rest and "/." not in rest and rest[0] != "." and rest[-1] != "/":
             cut = rest.rfind("/")
-            fd = self._root_fd(root, shown) if cut < 0 else self._dirs.get((root, rest[:cut]))
+            if cut < 0:
+                fd: int | None = self._root_fd(root, shown)
+            else:
+                fd = self._dirs.get((root, rest[:cut]))
+                if fd is None and _openat2 is not None:
+                    fd = self._open_beneath(root, rest[:cut], shown)
             if fd is not None:
                 try:
                     return final(fd, rest[cut + 1 :], shown)
@@ -466,6 +525,28 @@ class Resolver:
         if existing != fd:
             os.close(fd)
         return existing
+
+    def _open_beneath(self, root: int, dir_path: str, shown: str) -> int | None:
+        """The directory ``dir_path`` (plain components under the root) opened in one
+        ``openat2`` that refuses any symlink on the way, and cached for the batch; None when
+        that fails for any reason (a symlink, a missing directory...): the component-by-
+        component walk then does the work, the policy and the error message."""
+        assert _openat2 is not None
+        try:
+            fd = _openat2(self._root_fd(root, shown), dir_path)
+        except OSError:
+            return None
+        with self._lock:
+            if not self._closed:
+                existing = self._dirs.get((root, dir_path))
+                if existing is not None:
+                    os.close(fd)
+                    return existing
+                if len(self._dirs) < _DIR_CACHE_MAX:
+                    self._dirs[(root, dir_path)] = fd
+                    return fd
+        os.close(fd)
+        return None
 
     def _remember(self, root: int, names: list[str], fd: int, owned: list[int]) -> int:
         """Cache a directory descriptor for the batch; returns the descriptor to use."""

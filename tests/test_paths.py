@@ -14,6 +14,7 @@ Layout made by the ``tree`` fixture::
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -25,6 +26,7 @@ import attrs
 import pytest
 from blake3 import blake3
 
+from ploke_io_server import paths as paths_mod
 from ploke_io_server.config import Config, SymlinkPolicy
 from ploke_io_server.engine import IoManager
 from ploke_io_server.engine import read as read_mod
@@ -50,6 +52,18 @@ class Tree:
     def r(self, rel: str) -> str:
         """An absolute path string under the root, spelled exactly as given."""
         return f"{self.root}/{rel}"
+
+
+@pytest.fixture(autouse=True, params=["openat2", "per-component"])
+def walk_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: with the one-call ``openat2`` walk of plain directory paths (where
+    the kernel has it), and with the component-by-component walk alone."""
+    mode: str = request.param
+    if mode == "per-component":
+        monkeypatch.setattr(paths_mod, "_openat2", None)
+    elif paths_mod._openat2 is None:
+        pytest.skip("openat2 is not available on this system")
+    return mode
 
 
 @pytest.fixture
@@ -322,6 +336,44 @@ def test_directory_link_in_the_middle(tree: Tree, policy: SymlinkPolicy, target:
     (tree.root / "linkdir").symlink_to(str(tree.root / "realdir") if target == "ABS" else target)
     path = tree.r("linkdir/deep/g.txt")
     assert_followed_unless_deny(tree, policy, path, b"deep\n")
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_openat2_opens_plain_directories_and_leaves_symlinks_to_the_walk(
+    tree: Tree, policy: SymlinkPolicy, walk_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if walk_mode != "openat2":
+        pytest.skip("about the openat2 walk")
+    real = paths_mod._openat2
+    assert real is not None
+    calls: list[tuple[str, int | None]] = []
+
+    def spy(dir_fd: int, path: str) -> int:
+        try:
+            fd = real(dir_fd, path)
+        except OSError as exc:
+            calls.append((path, exc.errno))
+            raise
+        calls.append((path, None))
+        return fd
+
+    monkeypatch.setattr(paths_mod, "_openat2", spy)
+    (tree.root / "linkdir").symlink_to("realdir")
+    (tree.root / "out").symlink_to(tree.outside)
+    with resolver([tree.root], policy) as res:
+        assert read_ok(res, tree.r("realdir/deep/g.txt")) == b"deep\n"
+        assert read_ok(res, tree.r("realdir/deep/g.txt")) == b"deep\n"  # cached: no call
+        assert calls == [("realdir/deep", None)]
+        # A symlink on the way: openat2 refuses it, and the walk applies the policy.
+        if policy is DENY:
+            assert read_err(res, tree.r("linkdir/deep/g.txt")).kind is OUTSIDE
+        else:
+            assert read_ok(res, tree.r("linkdir/deep/g.txt")) == b"deep\n"
+        assert read_err(res, tree.r("out/x/../secret.txt")).kind is OUTSIDE
+        (tree.outside / "d").mkdir()
+        (tree.outside / "d" / "s.txt").write_bytes(b"secret\n")
+        assert read_err(res, tree.r("out/d/s.txt")).kind is OUTSIDE
+    assert calls[1:] == [("linkdir/deep", errno.ELOOP), ("out/d", errno.ELOOP)]
 
 
 @pytest.mark.parametrize("policy", FOLLOWING)
