@@ -9,6 +9,7 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,11 +22,21 @@ from ploke_io_server.types import Created, Edit, EditResult, NewFile
 from .conftest import b3, temps, write
 
 
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[IoManager]:
+@pytest.fixture(params=["executor", "inline"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[IoManager]:
+    """An engine whose writes run on the executor, or (as the server asks when a request is
+    the only one running) inline: a lone edit then takes ``IoManager._write_alone``."""
     root = tmp_path / "root"
     root.mkdir()
     manager = IoManager(Config.from_sources(roots=[str(root)]))
+    if request.param == "inline":
+        general = manager.write_snippets
+
+        async def write_inline(edits: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("inline", True)
+            return await general(edits, **kwargs)
+
+        manager.write_snippets = write_inline  # type: ignore[method-assign]
     yield manager
     await manager.aclose()
 
@@ -85,6 +96,7 @@ async def test_preconditions_leave_the_file_untouched(engine: IoManager) -> None
         ([Edit(str(f), "0" * 64, 0, 1, "x")], ErrorKind.ContentMismatch),
         ([Edit(str(f), h, 5, 6, "x")], ErrorKind.InvalidRange),  # inside é
         ([Edit(str(f), h, 0, 99, "x")], ErrorKind.InvalidRange),
+        ([Edit(str(f), h, 3, 1, "x")], ErrorKind.InvalidRange),  # start after end
         ([Edit(str(f), h, 0, 3, "x"), Edit(str(f), h, 2, 4, "y")], ErrorKind.InvalidRange),
         ([Edit(str(f), h, 0, 1, "x"), Edit(str(f), "1" * 64, 2, 3, "y")], ErrorKind.InvalidRange),
         ([Edit(str(f), h, 1, 1, "x"), Edit(str(f), h, 1, 1, "y")], ErrorKind.InvalidRange),
@@ -231,7 +243,10 @@ def test_random_edits_equal_a_reference_splice(tmp_path: Path, data: st.DataObje
         assert new[r.new_start_byte : r.new_end_byte] == repls[k].encode()
 
 
-async def test_directory_swapped_for_a_symlink_cannot_redirect_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline", [False, True])
+async def test_directory_swapped_for_a_symlink_cannot_redirect_writes(
+    tmp_path: Path, inline: bool
+) -> None:
     root = tmp_path / "root"
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -264,7 +279,9 @@ async def test_directory_swapped_for_a_symlink_cannot_redirect_writes(tmp_path: 
                     current = f.read_bytes()
                 except (FileNotFoundError, NotADirectoryError):
                     continue
-            [r] = await manager.write_snippets([Edit(path, b3(current), 0, 0, f"{i}")])
+            [r] = await manager.write_snippets(
+                [Edit(path, b3(current), 0, 0, f"{i}")], inline=inline
+            )
             kinds.add(type(r).__name__ if isinstance(r, EditResult) else r.kind.name)
             [c] = await manager.create_files([NewFile(str(d / f"new{i}.txt"), "x")])
             kinds.add("Created" if isinstance(c, Created) else c.kind.name)

@@ -71,6 +71,11 @@ def inline_mode() -> Iterator[None]:
         _local.inline = False
 
 
+def set_inline(on: bool) -> None:
+    """:func:`inline_mode` without a context manager, for the hottest path (a lone write)."""
+    _local.inline = on
+
+
 def read_file_bytes(resolver: Resolver, path: str, max_bytes: int) -> tuple[bytes, OpenedFile]:
     """Open ``path`` under the policy and read it whole (TooLarge above ``max_bytes``)."""
     opened = resolver.open_read(path)
