@@ -39,8 +39,14 @@ def loads(data: bytes | str) -> Any:
 
 
 def dumps(obj: Any) -> bytes:
-    """Encode as UTF-8 JSON bytes (non-ASCII characters are not escaped)."""
+    """Encode as UTF-8 JSON bytes (non-ASCII characters are not escaped).
+
+    What orjson refuses goes to ``json`` with ``ensure_ascii``: a lone surrogate, which is how
+    Python spells the bytes of a file name that is not UTF-8 (``os.fsdecode``), becomes the
+    escape ``\udcff``. That is valid JSON text, and ``json.loads`` gives back the same string,
+    so the name goes back to the same bytes (``os.fsencode``).
+    """
     try:
         return orjson.dumps(obj)
     except TypeError:
-        return json.dumps(obj, ensure_ascii=False).encode()
+        return json.dumps(obj).encode()

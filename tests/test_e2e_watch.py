@@ -330,3 +330,34 @@ async def test_the_client_iterates_change_events(workspace: Path) -> None:
         await client.close()
     # After the connection ends, the iterator ends too.
     assert [e async for e in client.changes()] == []
+
+
+async def test_a_file_name_that_is_not_utf8_is_reported_with_its_neighbours(
+    connect: Connect, workspace: Path
+) -> None:
+    """The name's bytes travel as lone-surrogate escapes (``\\udcff``) that give the same bytes
+    back; before, encoding that flush failed and every event in it was lost."""
+    client = await connect(workspace, *DEBOUNCE)
+    raw = os.fsencode(workspace) + b"/caf\xe9.rs"  # Latin-1, not UTF-8
+    with open(raw, "wb") as f:
+        f.write(b"x")
+    ok = write(workspace / "ok.rs", "y")
+    notes: list[list[dict[str, Any]]] = []
+    while True:
+        try:
+            method, params = await asyncio.wait_for(
+                client.notifications.get(), 5 if not notes else 0.6
+            )
+        except TimeoutError:
+            break
+        if method == methods.DID_CHANGE_FILES:
+            notes.append(params["events"])
+    # Strict JSON decoders (Neovim's) refuse the escapes: that event travels on its own.
+    for events in notes:
+        odd = [os.fsencode(e["filePath"]) == raw for e in events]
+        assert all(odd) or not any(odd), notes
+    by_path = {os.fsencode(e["filePath"]): e for events in notes for e in events}
+    assert by_path == {
+        raw: {"filePath": os.fsdecode(raw), "kind": "created", "fileHash": b3(b"x")},
+        os.fsencode(ok): {"filePath": str(ok), "kind": "created", "fileHash": b3(b"y")},
+    }

@@ -213,3 +213,34 @@ async def test_write_batches_report_progress(
         reports = await progress_to_end(client, token)
         kinds = [r.kind for r in reports]
         assert kinds[0] == "begin" and kinds[-1] == "end" and "report" in kinds, kinds
+
+
+async def test_files_whose_names_are_not_utf8_are_read_written_and_created(
+    workspace: Path,
+) -> None:
+    """Such a name travels as Python spells it (``os.fsdecode``: lone surrogates, sent as
+    ``\\udcXX`` escapes) and reaches exactly the file with those bytes."""
+    from ploke_io_server.client import PlokeClient
+
+    base = os.fsencode(workspace)
+    raw = base + b"/caf\xe9.rs"
+    with open(raw, "wb") as f:
+        f.write(b"fn a() {}\n")
+    name = os.fsdecode(raw)
+    client = await PlokeClient.spawn(root=str(workspace))
+    try:
+        [s] = await client.get_snippets([{"filePath": name, "startByte": 3, "endByte": 4}])
+        assert s == {"ok": True, "text": "a", "fileHash": b3(b"fn a() {}\n")}
+        [w] = await client.write_snippets([{"filePath": name, "expectedHash": s["fileHash"],
+            "startByte": 3, "endByte": 4, "replacement": "b"}])  # fmt: skip
+        assert w["ok"] and w["filePath"] == name, w
+        new = os.fsdecode(base + b"/n\xff.rs")
+        [c] = await client.create_files([{"filePath": new, "content": "z"}])
+        assert c == {"ok": True, "filePath": new, "fileHash": b3(b"z")}
+    finally:
+        await client.close()
+    with open(raw, "rb") as f:
+        assert f.read() == b"fn b() {}\n"
+    with open(base + b"/n\xff.rs", "rb") as f:
+        assert f.read() == b"z"
+    assert sorted(os.listdir(base)) == sorted([b"caf\xe9.rs", b"n\xff.rs"])

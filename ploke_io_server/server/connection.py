@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlparse
 
 import attrs
 import cattrs
+import orjson
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException
 
@@ -587,9 +588,9 @@ class Connection:
                 await self.writer.wait_drained()
                 batch = [e.to_json() for e in self._outbox.values()]
                 self._outbox.clear()
-                note = {"jsonrpc": "2.0", "method": DID_CHANGE_FILES, "params": {"events": batch}}
-                self.writer.write(fastjson.dumps(note))
-                self.engine.counters.notifications += 1
+                for body in _event_notifications(batch):
+                    self.writer.write(body)
+                    self.engine.counters.notifications += 1
         except (ConnectionError, RuntimeError):
             self._outbox.clear()
         finally:
@@ -638,6 +639,32 @@ class Connection:
             error["data"] = data
         payload = {"jsonrpc": "2.0", "id": msg_id, "error": error}
         self.writer.write(json.dumps(payload).encode())
+
+
+def _event_notifications(events: list[dict[str, Any]]) -> list[bytes]:
+    """``ploke/didChangeFiles`` bodies for one flush: one, or two when a path is not UTF-8.
+
+    Such a path holds lone surrogates (``os.fsdecode``), sent as ``\\udcXX`` escapes: valid
+    JSON that Python and JavaScript decode, but that stricter decoders refuse (Neovim's
+    ``vim.json.decode``). Those events go in a notification of their own, after the others,
+    so a client that cannot decode it loses only them.
+    """
+    note: dict[str, Any] = {"jsonrpc": "2.0", "method": DID_CHANGE_FILES}
+    try:
+        return [orjson.dumps({**note, "params": {"events": events}})]
+    except TypeError:  # orjson refuses lone surrogates
+        pass
+    clean: list[dict[str, Any]] = []
+    odd: list[dict[str, Any]] = []
+    for event in events:
+        try:
+            orjson.dumps(event)
+        except TypeError:
+            odd.append(event)
+        else:
+            clean.append(event)
+    bodies = [fastjson.dumps({**note, "params": {"events": part}}) for part in (clean, odd)]
+    return bodies if clean else bodies[1:]
 
 
 def _error_kinds(result: Any) -> dict[str, int]:
