@@ -10,7 +10,6 @@ hand-written hooks too: they are the hot path of a 10,000-snippet response.
 from __future__ import annotations
 
 import collections
-import json
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _escape
 from typing import Any, TypeVar
@@ -19,7 +18,7 @@ import attrs
 import cattrs
 from lsprotocol.converters import get_converter
 
-from .. import methods
+from .. import fastjson, methods
 from ..errors import ErrorKind, PlokeIoError
 from ..types import (
     REMOVED,
@@ -495,7 +494,7 @@ def _scan_fragment(r: Scanned | PlokeIoError, _memo: EscapeMemo) -> bytes:
         return _REMOVED_JSON
     if type(r) is Scanned and r.status is ScanStatus.MODIFIED and r.new_hash is not None:
         return b'{"status":"modified","newHash":"%s"}' % r.new_hash.encode()
-    return _dumps(_scan_json(r)).encode()
+    return fastjson.dumps(_scan_json(r))
 
 
 def _edit_json(r: EditResult | PlokeIoError) -> dict[str, Any]:
@@ -528,9 +527,6 @@ def _unstructure_snippets(result: GetSnippetsResult) -> dict[str, Any]:
 
 def _unstructure_hashes(result: HashFilesResult) -> dict[str, Any]:
     return {"results": [_hash_json(r) for r in result.results]}
-
-
-_dumps = json.JSONEncoder(ensure_ascii=True, check_circular=False, separators=(",", ":")).encode
 
 
 class EscapeMemo:
@@ -582,17 +578,17 @@ def _snippet_fragment(r: Snippet | PlokeIoError, memo: EscapeMemo) -> bytes:
                 b'"}',
             )
         )
-    return _dumps(_snippet_json(r)).encode()
+    return fastjson.dumps(_snippet_json(r))
 
 
 def _hash_fragment(r: FileHash | PlokeIoError, memo: EscapeMemo) -> bytes:
     if type(r) is FileHash:
         return b'{"ok":true,"fileHash":"%s","size":%d}' % (r.file_hash.encode(), r.size)
-    return _dumps(_hash_json(r)).encode()
+    return fastjson.dumps(_hash_json(r))
 
 
 def _json_fragment(to_json: Callable[[Any], dict[str, Any]]) -> Callable[[Any, EscapeMemo], bytes]:
-    return lambda r, _memo: _dumps(to_json(r)).encode()
+    return lambda r, _memo: fastjson.dumps(to_json(r))
 
 
 # Results whose ``results`` list is encoded in chunks (and released as it goes).
@@ -609,9 +605,11 @@ _CHUNK_ITEMS = 256
 def encode_response(msg_id: MsgId, result: Any, memo: EscapeMemo) -> list[bytes] | None:
     """Encode a batch response as chunks of bytes, or None if ``result`` is not a batch.
 
-    Items are turned into JSON a few hundred at a time, by templates around the C string
-    escaper (2x faster than building dicts for ``json.dumps``; whole-file texts go through
-    ``memo``), and dropped from the result list as soon as they are encoded, so a
+    Items are turned into JSON a few hundred at a time, snippets, hashes and scan results by
+    templates around the C string escaper (2x faster than building dicts for ``json.dumps``;
+    whole-file texts go through ``memo``), the others (edits, created files, item errors) as
+    dicts by orjson (0.5 µs an edit result against 6 µs with ``json``), and dropped from the
+    result list as soon as they are encoded, so a
     large response never exists as Python objects, one huge string and one huge bytes object
     at once. ASCII-escaped output is kept:
     measured here, the C encoder is faster with ``ensure_ascii=True`` and the body only ~5%
@@ -622,7 +620,7 @@ def encode_response(msg_id: MsgId, result: Any, memo: EscapeMemo) -> list[bytes]
     if fragment is None:
         return None
     items: list[Any] = result.results
-    chunks = [b'{"jsonrpc":"2.0","id":' + _dumps(msg_id).encode() + b',"result":{"results":[']
+    chunks = [b'{"jsonrpc":"2.0","id":' + fastjson.dumps(msg_id) + b',"result":{"results":[']
     n = len(items)
     for start in range(0, n, _CHUNK_ITEMS):
         end = min(n, start + _CHUNK_ITEMS)
