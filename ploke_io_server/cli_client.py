@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import os
 import sys
@@ -85,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A file name that is not UTF-8 (os.fsdecode's lone surrogates) is printed as its own
+    # bytes, as ls and b3sum print it, instead of failing the command.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="surrogateescape")
     args = build_parser().parse_args(argv)
     try:
         return asyncio.run(_run(args))
@@ -154,8 +160,19 @@ def _item_error(path: str, error: Mapping[str, Any]) -> None:
     print(f"ploke-io: {path}: {error.get('kind')}: {error.get('message')}", file=sys.stderr)
 
 
+def _json(value: Any, indent: int | None = None) -> str:
+    """JSON text; a file name that is not UTF-8 stays a ``\\udcXX`` escape in it, so the
+    output is valid UTF-8 JSON that gives back the name's bytes."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, indent=indent)
+    return text
+
+
 def _dump(out: TextIO, value: Any) -> None:
-    out.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    out.write(_json(value, indent=2) + "\n")
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -382,7 +399,7 @@ async def _watch(client: PlokeClient, args: argparse.Namespace, out: TextIO) -> 
         for event in params.get("events", []):
             seen += 1
             if args.json:
-                out.write(json.dumps(event, ensure_ascii=False) + "\n")
+                out.write(_json(event) + "\n")
             else:
                 line = f"{event['kind']:<9} {event['filePath']}"
                 if event.get("oldPath"):

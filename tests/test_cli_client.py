@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,30 @@ async def test_tcp_with_token_wrong_token_and_watch(tree: Path, tmp_path: Path) 
         assert out.decode() == f"created   {f}\n"
     finally:
         await server.stop()
+
+
+async def test_file_names_that_are_not_utf8_are_printed_as_their_bytes(tree: Path) -> None:
+    """As ls and b3sum print them; in --json, as \\udcXX escapes that give the bytes back."""
+    raw = b"caf\xe9.rs"  # Latin-1
+    with open(bytes(tree) + b"/" + raw, "wb") as f:
+        f.write(b"x")
+    # Strict streams, as Python has them under a UTF-8 locale such as en_US.UTF-8 (under the C
+    # locales, the only ones installed here, they already use surrogateescape).
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    r = subprocess.run([*CLI, "hash", raw], cwd=tree, capture_output=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b3(b"x").encode() + b"  " + raw + b"\n"
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "--json", "watch", "--count", "1",
+        cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stderr is not None and proc.stdout is not None
+    line = await asyncio.wait_for(proc.stderr.readline(), 30)
+    assert line.startswith(b"ploke-io: watching "), line
+    with open(bytes(tree) + b"/n\xff.rs", "wb") as f:
+        f.write(b"y")
+    out = await asyncio.wait_for(proc.stdout.read(), 30)
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+    event = json.loads(out.decode("utf-8"))
+    assert os.fsencode(event["filePath"]) == bytes(tree) + b"/n\xff.rs"
+    assert event["kind"] == "created"
