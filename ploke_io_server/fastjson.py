@@ -29,13 +29,17 @@ ORJSON_PARSE_MAX = 64 * 1024
 
 
 def loads(data: bytes | str) -> Any:
-    """Parse JSON; ``ValueError`` if it is not valid."""
+    """Parse JSON; ``ValueError`` if it is not valid, or nested deeper than ``json`` can
+    parse (about 1,000 levels; orjson stops at 1,024)."""
     if len(data) <= ORJSON_PARSE_MAX:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
             pass  # json decides: it accepts a few things orjson does not, or explains why not
-    return json.loads(data)
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("arrays and objects nested too deep") from None
 
 
 def dumps(obj: Any) -> bytes:

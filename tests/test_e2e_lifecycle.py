@@ -265,6 +265,17 @@ async def test_wire_format_of_a_batch_response(workspace: Path) -> None:
 
 # -- bad input ------------------------------------------------------------------------------------
 
+
+def frame(body: bytes) -> bytes:
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+DEEP_PARAMS = (
+    b'{"jsonrpc":"2.0","id":9,"method":"ploke/hashFiles","params":{"paths":'
+    + b"[" * 3_000
+    + b"]" * 3_000
+    + b"}}"
+)
 BAD_FRAMES = [
     (b"this is not a header\r\n\r\n", -32700),
     (b"Content-Length: nope\r\n\r\n", -32700),
@@ -274,6 +285,9 @@ BAD_FRAMES = [
     (b"Content-Length: 2\r\n\r\n[]", -32600),
     (b'Content-Length: 14\r\n\r\n{"id":1,"a":2}', -32600),
     (b'Content-Length: 42\r\n\r\n{"jsonrpc":"2.0","id":1,"method":["list"]}', -32600),
+    # Nested deeper than the parsers go: a parse error, not a traceback and silence.
+    (frame(b"[" * 100_000 + b"]" * 100_000), -32700),
+    (frame(DEEP_PARAMS), -32700),
 ]
 
 
