@@ -97,6 +97,7 @@ async def test_preconditions_leave_the_file_untouched(engine: IoManager) -> None
         ([Edit(str(f), h, 5, 6, "x")], ErrorKind.InvalidRange),  # inside é
         ([Edit(str(f), h, 0, 99, "x")], ErrorKind.InvalidRange),
         ([Edit(str(f), h, 3, 1, "x")], ErrorKind.InvalidRange),  # start after end
+        ([Edit(str(f), h, 0, 1, "ok \udcff")], ErrorKind.NotUtf8),  # a lone surrogate
         ([Edit(str(f), h, 0, 3, "x"), Edit(str(f), h, 2, 4, "y")], ErrorKind.InvalidRange),
         ([Edit(str(f), h, 0, 1, "x"), Edit(str(f), "1" * 64, 2, 3, "y")], ErrorKind.InvalidRange),
         ([Edit(str(f), h, 1, 1, "x"), Edit(str(f), h, 1, 1, "y")], ErrorKind.InvalidRange),
@@ -171,6 +172,30 @@ async def test_create_files(engine: IoManager, tmp_path: Path) -> None:
     assert existing.read_text() == "replaced"
     failed(results[6], ErrorKind.OutsideRoots)
     assert not (tmp_path / "outside.txt").exists()
+    assert temps(root) == []
+
+
+async def test_text_with_a_lone_surrogate_is_an_item_error(engine: IoManager) -> None:
+    """JSON's "\\udcff" escape parses to a string no UTF-8 can encode: NotUtf8 for that item,
+    before anything is touched (it was an internal error for the whole request)."""
+    root = root_of(engine)
+    f = write(root / "f.txt", "abc\n")
+    g = write(root / "g.txt", "def\n")
+    h, hg = b3(f.read_bytes()), b3(g.read_bytes())
+    bad, good = Edit(str(f), h, 0, 1, "\ud800"), Edit(str(g), hg, 0, 1, "D")
+    [r] = await engine.write_snippets([bad], dry_run=True)
+    assert "U+D800 at character 0" in failed(r, ErrorKind.NotUtf8).message
+    r1, r2 = await engine.write_snippets([bad, good], atomic=True)
+    failed(r1, ErrorKind.NotUtf8)
+    assert isinstance(r2, PlokeIoError) and g.read_text() == "def\n"
+    r1, r2 = await engine.write_snippets([bad, good])
+    failed(r1, ErrorKind.NotUtf8)
+    assert ok(r2) and g.read_text() == "Def\n" and f.read_text() == "abc\n"
+    [c] = await engine.create_files(
+        [NewFile(str(root / "new" / "n.txt"), "x\udcff", create_parents=True)]
+    )
+    failed(c, ErrorKind.NotUtf8)
+    assert not (root / "new").exists()
     assert temps(root) == []
 
 

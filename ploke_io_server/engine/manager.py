@@ -866,8 +866,8 @@ class IoManager:
                 create_one(resolver, job)
             finally:
                 if started:
-                    _span("create", resolver, job[1].file_path, started,
-                          len(job[1].content.encode()), results[job[0]])  # fmt: skip
+                    size = len(job[1].content.encode("utf-8", "surrogatepass"))
+                    _span("create", resolver, job[1].file_path, started, size, results[job[0]])
 
         def create_one(resolver: Resolver, job: tuple[int, NewFile]) -> None:
             i, new = job

@@ -360,7 +360,7 @@ def _prepare(
     shift = 0
     placed: dict[int, tuple[int, int]] = {}
     for i, e in sorted(edits, key=lambda item: (item[1].start_byte, item[1].end_byte)):
-        repl = e.replacement.encode("utf-8")
+        repl = utf8_of(e.replacement, "the replacement", shown)
         parts.append(data[pos : e.start_byte])
         parts.append(repl)
         pos = e.end_byte
@@ -395,6 +395,19 @@ def _prepare(
             located, new_data, prepared.mode, st, sync=sync
         )
     return prepared
+
+
+def utf8_of(text: str, what: str, shown: str) -> bytes:
+    """``text`` as UTF-8; NotUtf8 if it holds a lone surrogate, which no UTF-8 can encode
+    (JSON's ``\\udcff`` escape, or a Python string from ``os.fsdecode``)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PlokeIoError(
+            ErrorKind.NotUtf8,
+            f"{shown}: {what} is not valid Unicode text (a lone surrogate "
+            f"U+{ord(text[exc.start]):04X} at character {exc.start}); nothing was changed",
+        ) from None
 
 
 def unified_diff(old: str, new: str, shown: str) -> str:
@@ -608,6 +621,7 @@ def create_file(
     None returned); ``committed(located, size, digest)`` is told after.
     """
     path = new.file_path
+    data = utf8_of(new.content, "the content", resolver.shown(path))
     if new.create_parents:
         parent = os.path.dirname(path)
         if parent and parent != path:
@@ -621,7 +635,6 @@ def create_file(
             ) from None
         raise
     try:
-        data = new.content.encode("utf-8")
         if len(data) > max_bytes:
             raise PlokeIoError(
                 ErrorKind.TooLarge,
