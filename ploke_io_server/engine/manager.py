@@ -525,30 +525,17 @@ class IoManager:
         def write_one(resolver: Resolver, job: tuple[str, list[tuple[int, Edit]]]) -> None:
             path, group = job
             try:
-                located = resolver.locate(path)
-                try:
-                    if located.st is None:
-                        raise PlokeIoError(ErrorKind.NotFound, f"{located.shown}: no such file")
-                    key = write.lock_key(located)
-                    with self.locks.hold((key,)):
-                        prepared = write.prepare_edits(located, group, max_bytes, dry_run=dry_run)
-                        if not dry_run:
-                            if not gate.may_commit():
-                                write.discard(prepared)
-                                return
-                            write.commit(prepared, self.dirs, retired)
-                            self._note_write(
-                                located, origin, prepared.new_size, prepared.new_hash, key=key
-                            )
-                finally:
-                    os.close(located.dir_fd)
+                prepared = self._edit_file(
+                    resolver, path, group, origin, retired, dry_run=dry_run, gate=gate
+                )
             except (PlokeIoError, OSError) as exc:
                 err = _item_error(exc, resolver, path)
                 for i, _e in group:
                     results[i] = err
                 return
-            for i, r in prepared.results:
-                results[i] = r
+            if prepared is not None:
+                for i, r in prepared.results:
+                    results[i] = r
 
         try:
             if atomic and not dry_run and any(r is not None for r in results):
@@ -592,19 +579,7 @@ class IoManager:
         retired = write.Retired(self.retired_budget)
         read.set_inline(True)
         try:
-            located = resolver.locate(path)
-            try:
-                if located.st is None:
-                    raise PlokeIoError(ErrorKind.NotFound, f"{located.shown}: no such file")
-                key = write.lock_key(located)
-                with self.locks.hold((key,)):
-                    prepared = write.prepare_edits(
-                        located, ((0, edit),), self.config.max_file_bytes, dry_run=False
-                    )
-                    write.commit(prepared, self.dirs, retired)
-                    self._note_write(located, origin, prepared.new_size, prepared.new_hash, key=key)
-            finally:
-                os.close(located.dir_fd)
+            prepared = self._edit_file(resolver, path, ((0, edit),), origin, retired)
         except (PlokeIoError, OSError) as exc:
             return _item_error(exc, resolver, path)
         except read.Offload:
@@ -613,7 +588,41 @@ class IoManager:
             read.set_inline(False)
             resolver.close()
             self._close_later(retired.take())
+        assert prepared is not None
         return prepared.results[0][1]
+
+    def _edit_file(
+        self,
+        resolver: Resolver,
+        path: str,
+        group: Sequence[tuple[int, Edit]],
+        origin: str | None,
+        retired: write.Retired,
+        *,
+        dry_run: bool = False,
+        gate: _CommitGate | None = None,
+    ) -> write.PreparedFile | None:
+        """One file of a non-atomic write: locate it, and under its lock verify and splice
+        ``group``, then (unless ``dry_run``) commit it. None if ``gate`` refused the commit
+        (the batch was cancelled): nothing changed."""
+        located = resolver.locate(path)
+        try:
+            if located.st is None:
+                raise PlokeIoError(ErrorKind.NotFound, f"{located.shown}: no such file")
+            key = write.lock_key(located)
+            with self.locks.hold((key,)):
+                prepared = write.prepare_edits(
+                    located, group, self.config.max_file_bytes, dry_run=dry_run
+                )
+                if not dry_run:
+                    if gate is not None and not gate.may_commit():
+                        write.discard(prepared)
+                        return None
+                    write.commit(prepared, self.dirs, retired)
+                    self._note_write(located, origin, prepared.new_size, prepared.new_hash, key=key)
+        finally:
+            os.close(located.dir_fd)
+        return prepared
 
     def _chunk_size(self, files: int) -> int:
         """Files per chunk of a batch: at most WRITE_CHUNK_FILES (and the fd limit), evenly."""
