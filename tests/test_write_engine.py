@@ -199,6 +199,29 @@ async def test_text_with_a_lone_surrogate_is_an_item_error(engine: IoManager) ->
     assert temps(root) == []
 
 
+async def test_creates_of_one_path_in_a_batch_go_in_input_order(engine: IoManager) -> None:
+    """As separate requests would: the first wins, the next is AlreadyExists unless it has
+    overwrite (it used to be a race between two workers, either could win)."""
+    root = root_of(engine)
+    for n in range(20):
+        p = str(root / f"dup{n}.txt")
+        others = [NewFile(str(root / f"o{n}-{k}.txt"), "o") for k in range(4)]
+        r = await engine.create_files(
+            [
+                *others[:2],
+                NewFile(p, "first"),
+                *others[2:],
+                NewFile(p, "second"),
+                NewFile(p, "third", overwrite=True),
+            ]
+        )
+        assert isinstance(r[2], Created) and r[2].file_hash == b3(b"first")
+        failed(r[5], ErrorKind.AlreadyExists)
+        assert isinstance(r[6], Created) and r[6].file_hash == b3(b"third")
+        assert (root / f"dup{n}.txt").read_text() == "third"
+        assert all(isinstance(x, Created) for x in r[:2] + r[3:5])
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

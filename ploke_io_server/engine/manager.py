@@ -858,25 +858,26 @@ class IoManager:
         progress: ProgressFn | None = None,
         inline: bool = False,
     ) -> list[Created | PlokeIoError]:
-        """Create files race-free (AlreadyExists unless ``overwrite``), durably."""
+        """Create files race-free (AlreadyExists unless ``overwrite``), durably.
+
+        Items naming the same path (as sent) are created in input order, as separate requests
+        would be: the first wins, a later one is AlreadyExists unless it has ``overwrite``.
+        """
         results: list[Created | PlokeIoError | None] = [None] * len(files)
-        jobs: list[tuple[int, NewFile]] = []
-        for i, f in enumerate(files):
-            if isinstance(f, PlokeIoError):
-                results[i] = f
-            else:
-                jobs.append((i, f))
+        jobs = list(_group_by_path(files, results, lambda f: f.file_path).values())
         max_bytes = self.config.max_file_bytes
         gate = _CommitGate()
 
-        def one(resolver: Resolver, job: tuple[int, NewFile]) -> None:
-            started = time.perf_counter() if TRACE.isEnabledFor(logging.INFO) else 0.0
-            try:
-                create_one(resolver, job)
-            finally:
-                if started:
-                    size = len(job[1].content.encode("utf-8", "surrogatepass"))
-                    _span("create", resolver, job[1].file_path, started, size, results[job[0]])
+        def one(resolver: Resolver, group: list[tuple[int, NewFile]]) -> None:
+            for job in group:
+                started = time.perf_counter() if TRACE.isEnabledFor(logging.INFO) else 0.0
+                try:
+                    create_one(resolver, job)
+                finally:
+                    if started:
+                        size = len(job[1].content.encode("utf-8", "surrogatepass"))
+                        _span("create", resolver, job[1].file_path, started, size,
+                              results[job[0]])  # fmt: skip
 
         def create_one(resolver: Resolver, job: tuple[int, NewFile]) -> None:
             i, new = job
@@ -898,10 +899,14 @@ class IoManager:
             if created is not None:
                 results[i] = created
 
-        inline = inline and len(jobs) == 1 and len(jobs[0][1].content) <= read.INLINE_MAX_BYTES
+        inline = (
+            inline
+            and len(jobs) == 1
+            and sum(len(f.content) for _i, f in jobs[0]) <= read.INLINE_MAX_BYTES
+        )
         await self._run(
             policy, jobs, one, progress, parallelism=WRITE_PARALLELISM, cancel_ok=gate.cancel,
-            inline=inline,
+            inline=inline, weight=len,
         )  # fmt: skip
         return self._finish(results)
 
