@@ -168,6 +168,16 @@ async def test_requests_before_initialize_get_32002(raw_any: Raw, workspace: Pat
     assert status["result"]["roots"] == [str(workspace)]
 
 
+async def test_ids_beyond_64_bits_and_strings_come_back_as_sent(raw_any: Raw) -> None:
+    """orjson would read 2**64 as a float (it did: the answer had id null)."""
+    token = raw_any.token  # type: ignore[attr-defined]
+    await (raw_any.initialize(authToken=token) if token else raw_any.initialize())
+    for msg_id in (2**64, 2**64 + 1, -(2**70), "2**64", 0):
+        reply = await raw_any.request(msg_id, methods.STATUS)
+        assert reply["id"] == msg_id and type(reply["id"]) is type(msg_id), reply
+        assert "result" in reply
+
+
 async def test_initialize_twice_is_invalid(raw_any: Raw) -> None:
     token = raw_any.token  # type: ignore[attr-defined]
     await (raw_any.initialize(authToken=token) if token else raw_any.initialize())
