@@ -178,6 +178,19 @@ async def test_ids_beyond_64_bits_and_strings_come_back_as_sent(raw_any: Raw) ->
         assert "result" in reply
 
 
+async def test_empty_by_position_params_mean_no_params(raw_any: Raw, workspace: Path) -> None:
+    """vscode-jsonrpc sends an undefined parameter as [null]."""
+    token = raw_any.token  # type: ignore[attr-defined]
+    await (raw_any.initialize(authToken=token) if token else raw_any.initialize())
+    for i, params in enumerate(([None], [], None)):
+        reply = await raw_any.request(i + 1, methods.STATUS, params)
+        assert reply["result"]["roots"] == [str(workspace)], reply
+    reply = await raw_any.request(9, methods.HASH_FILES, [None])
+    assert error_code(reply) == -32602 and "paths: expected an array" in reply["error"]["message"]
+    reply = await raw_any.request(10, methods.STATUS, [1])
+    assert error_code(reply) == -32602 and "expected an object, got array" in str(reply)
+
+
 async def test_initialize_twice_is_invalid(raw_any: Raw) -> None:
     token = raw_any.token  # type: ignore[attr-defined]
     await (raw_any.initialize(authToken=token) if token else raw_any.initialize())

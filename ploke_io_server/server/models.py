@@ -124,7 +124,9 @@ class InitOptions:
 
 
 def _object(value: Any, field: str) -> dict[str, Any]:
-    if value is None:
+    # No params at all: absent, null, or, as top-level params, [] or [null] (by-position
+    # params holding nothing: what vscode-jsonrpc sends for an undefined parameter).
+    if value is None or (field == "params" and value in ([], [None])):
         return {}
     if not isinstance(value, dict):
         raise ParamsError(field, f"expected an object, got {_json_type(value)}")

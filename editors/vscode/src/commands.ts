@@ -3,7 +3,8 @@
 
 /**
  * `params` is always an object: vscode-jsonrpc (under vscode-languageclient) sends a `null`
- * or `undefined` single parameter as the array `[null]`, which the server refuses (-32602).
+ * or `undefined` single parameter as the array `[null]`. The server now takes that as no
+ * params, but servers before 2026-11-29 refused it (-32602), and an object is clearer.
  */
 export type SendRequest = (method: string, params: object) => Promise<unknown>;
 
