@@ -245,3 +245,70 @@ async def test_stopping_while_events_pour_in_always_returns(tmp_path: Path) -> N
     finally:
         stop.set()
         writer.join()
+
+
+def applied(view: dict[str, str | None], events: list[dict[str, Any]]) -> dict[str, str | None]:
+    """``view`` (path: hash) after ``events``, as a client would keep it."""
+    out = dict(view)
+    for e in events:
+        if e["kind"] == "renamed":
+            out.pop(e["oldPath"], None)
+        if e["kind"] == "removed":
+            out.pop(e["filePath"], None)
+        else:
+            out[e["filePath"]] = e.get("fileHash")
+    return out
+
+
+async def test_a_root_replaced_by_a_new_directory_is_watched_again(
+    watched: Any, tmp_path: Path
+) -> None:
+    """rm -rf and git clone, or mv away and a new one: the old inotify watch went with the old
+    directory (events stopped, silently); the new one is watched and rescanned."""
+    engine, root, c = watched
+    watcher = engine.watcher
+    told: list[tuple[int, str]] = []
+    watcher.problem_listeners.append(lambda level, text: told.append((level, text)))
+    watcher.health_check_s = 0.2
+    watcher._kick()  # start waiting with the short period
+    shutil.rmtree(root)
+    root.mkdir()
+    new = write(root / "cloned.rs", "fresh")
+    # The client's view, events applied (a reused inode may make it one "renamed").
+    view = applied({str(root / "existing.rs"): b3(b"fn old() {}\n")}, await c.collect(first=10))
+    assert view == {str(new): b3(b"fresh")}
+    assert (2, f"the root {str(root)!r} is a new directory now; watching it and rescanning") in told
+    new.write_text("heard live")
+    assert await c.collect() == [ev(new, "modified", fileHash=b3(b"heard live"))]
+    # Moved away, and a new one in its place: the old directory is not listened to any more.
+    old = tmp_path / "old-root"
+    root.rename(old)
+    root.mkdir()
+    assert await c.collect(first=10) == [ev(new, "removed")]
+    (old / "cloned.rs").write_text("elsewhere now")
+    again = write(root / "again.rs", "a")
+    assert await c.collect() == [ev(again, "created", fileHash=b3(b"a"))]
+    assert watcher.errors == []
+
+
+async def test_a_missing_root_is_reported_and_watched_once_it_is_back(watched: Any) -> None:
+    engine, root, c = watched
+    watcher = engine.watcher
+    told: list[tuple[int, str]] = []
+    watcher.problem_listeners.append(lambda level, text: told.append((level, text)))
+    watcher.health_check_s = 0.2
+    watcher._kick()
+    shutil.rmtree(root)
+    assert await c.collect(first=10) == [ev(root / "existing.rs", "removed")]
+    gone = f"the root {str(root)!r} is gone; it is watched again once it is back"
+    for _ in range(50):
+        if gone in watcher.errors:
+            break
+        await asyncio.sleep(0.1)
+    assert watcher.errors == [gone] and (2, gone) in told
+    root.mkdir()
+    back = write(root / "back.rs", "b")
+    assert await c.collect(first=10) == [ev(back, "created", fileHash=b3(b"b"))]
+    assert watcher.errors == []
+    back.write_text("bb")
+    assert await c.collect() == [ev(back, "modified", fileHash=b3(b"bb"))]

@@ -52,7 +52,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from ..errors import PlokeIoError
 from ..paths import PathPolicy, Resolver
@@ -318,12 +318,19 @@ def _is_cookie(path: str) -> bool:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: Watcher) -> None:
+    def __init__(self, watcher: Watcher, root: str) -> None:
         self.watcher = watcher
+        self.root = root
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
+        if (
+            event.is_directory
+            and event.event_type == "deleted"
+            and os.fsdecode(event.src_path) == self.root
+        ):
+            self.watcher.root_deleted(self.root)  # this watch has ended (IN_DELETE_SELF)
         if not event.is_directory and _is_cookie(os.fsdecode(event.src_path)):
             if event.event_type == "created":
                 self.watcher.cookie_seen(os.fsdecode(event.src_path))
@@ -386,7 +393,12 @@ class Watcher:
         """The hints being reconciled right now (their index entries are being updated)."""
         self._cookies: dict[str, asyncio.Future[None]] = {}
         self._root_ids: dict[str, tuple[int, int]] = {}
-        """(device, inode) of each root when it was first watched."""
+        """(device, inode) of each root's directory as watched now."""
+        self._watches: dict[str, ObservedWatch] = {}
+        self._missing: dict[str, str] = {}
+        """Roots whose directory is gone, with the error text shown for each meanwhile."""
+        self._deleted_roots: set[str] = set()
+        """Roots whose watched directory was deleted (its watch ended), not yet handled."""
         self._local: dict[str, bool] = {}
         """Whether each root is on a file system where inotify sees every change."""
 
@@ -419,8 +431,8 @@ class Watcher:
         for root in new:
             # Watch first, then index: a change during the walk is hinted and looked at after.
             try:
-                self._observer.schedule(
-                    _Handler(self), root, recursive=True, event_filter=EVENT_FILTER
+                self._watches[root] = self._observer.schedule(
+                    _Handler(self, root), root, recursive=True, event_filter=EVENT_FILTER
                 )
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EMFILE):
@@ -572,6 +584,12 @@ class Watcher:
             self._kicked = True
         self._kick()
 
+    def root_deleted(self, root: str) -> None:
+        """Observer thread: the directory a root's watch was on is deleted."""
+        with self._lock:
+            self._deleted_roots.add(root)
+        self._kick()
+
     def _on_overflow(self, path: str) -> None:
         log.warning("inotify queue overflow below %r: rescanning the roots", path)
         self._report(
@@ -688,10 +706,12 @@ class Watcher:
 
     def _check_health(self) -> None:
         """An observer thread that died (a bug, an OS error) is restarted, then a full rescan
-        reports whatever happened while nobody was listening."""
+        reports whatever happened while nobody was listening. A root whose directory was
+        replaced is watched again (see :meth:`_check_roots`)."""
         observer = self._observer
         if observer is None:
             return
+        self._check_roots(observer)
         dead = [e for e in observer.emitters if not e.is_alive()]
         if not dead and observer.is_alive():
             return
@@ -704,7 +724,11 @@ class Watcher:
                 observer.start()
                 self._observer = observer
             for root in self.roots:
-                observer.schedule(_Handler(self), root, recursive=True, event_filter=EVENT_FILTER)
+                if root in self._missing:
+                    continue
+                self._watches[root] = observer.schedule(
+                    _Handler(self, root), root, recursive=True, event_filter=EVENT_FILTER
+                )
         except Exception as exc:
             text = f"a watcher thread stopped and could not be restarted: {exc}"
             log.exception("watcher: %s", text)
@@ -719,6 +743,72 @@ class Watcher:
         self._report(_ERROR, text)
         self._mark_rescan()
         self._kick()
+
+    def _check_roots(self, observer: BaseObserver) -> None:
+        """A root whose directory is gone, or is another directory now (``rm -rf`` and
+        ``git clone``, a ``mv`` away and a new one in its place), is not watched by its old
+        inotify watch any more: that watch went with the old directory. The new directory is
+        watched, and a full rescan reports the difference; a missing root is reported, and
+        watched again once it is back."""
+        with self._lock:
+            deleted, self._deleted_roots = self._deleted_roots, set()
+        for root in self.roots:
+            try:
+                st = os.stat(root)
+                ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
+            except OSError:
+                ident = None
+            if (
+                ident is not None
+                and ident == self._root_ids.get(root)
+                and root not in self._missing
+                and root not in deleted  # a new directory may get the old one's inode number
+            ):
+                continue
+            watch = self._watches.get(root)
+            if watch is not None:
+                del self._watches[root]
+                with contextlib.suppress(Exception):
+                    observer.unschedule(watch)
+            if ident is None:
+                if root not in self._missing:
+                    text = f"the root {root!r} is gone; it is watched again once it is back"
+                    self._missing[root] = text
+                    self._problem(text, _WARNING)
+                    self._mark_rescan()  # what was indexed below it is reported removed
+                    self._kick()
+                continue
+            gone = self._missing.pop(root, None)
+            if gone is not None and gone in self.errors:
+                self.errors.remove(gone)
+            try:
+                self._watches[root] = observer.schedule(
+                    _Handler(self, root), root, recursive=True, event_filter=EVENT_FILTER
+                )
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EMFILE):
+                    self._on_watch_limit(root, exc)
+                else:
+                    text = _watch_error(root, exc)
+                    self._missing[root] = text
+                    self._problem(text, _ERROR)
+                    continue
+            self._root_ids[root] = ident
+            self._local[root] = _filesystem_type(root) in LOCAL_FILESYSTEMS
+            self._problem(
+                f"the root {root!r} is a new directory now; watching it and rescanning",
+                _WARNING,
+                keep=False,
+            )
+            self._mark_rescan()
+            self._kick()
+
+    def _problem(self, text: str, level: int, *, keep: bool = True) -> None:
+        """Log ``text``, tell the sessions, and (``keep``) list it in ``errors`` (status)."""
+        log.log(logging.ERROR if level == _ERROR else logging.WARNING, "watcher: %s", text)
+        if keep and text not in self.errors:
+            self.errors.append(text)
+        self._report(level, text)
 
     def _mark_rescan(self, *, restart_debounce: bool = False) -> None:
         """Make the next flush a full rescan of the roots (and make a flush pending)."""
