@@ -198,13 +198,20 @@ def test_merge_for_a_lagging_client() -> None:
     ) == [{"filePath": "/a", "kind": m, "fileHash": "2"}]
 
 
-async def test_a_dead_observer_thread_is_restarted_and_nothing_is_lost(watched: Any) -> None:
-    engine, root, c = watched
+def checked_often(engine: IoManager) -> tuple[Any, list[tuple[int, str]]]:
+    """The engine's watcher with its health check every 0.2 s, and the problems it tells."""
     watcher = engine.watcher
+    assert watcher is not None
     told: list[tuple[int, str]] = []
     watcher.problem_listeners.append(lambda level, text: told.append((level, text)))
     watcher.health_check_s = 0.2
     watcher._kick()  # start waiting with the short period
+    return watcher, told
+
+
+async def test_a_dead_observer_thread_is_restarted_and_nothing_is_lost(watched: Any) -> None:
+    engine, root, c = watched
+    watcher, told = checked_often(engine)
     emitters = list(watcher._observer.emitters)
     assert emitters
     for e in emitters:  # the inotify reader threads end, as if they had crashed
@@ -266,11 +273,7 @@ async def test_a_root_replaced_by_a_new_directory_is_watched_again(
     """rm -rf and git clone, or mv away and a new one: the old inotify watch went with the old
     directory (events stopped, silently); the new one is watched and rescanned."""
     engine, root, c = watched
-    watcher = engine.watcher
-    told: list[tuple[int, str]] = []
-    watcher.problem_listeners.append(lambda level, text: told.append((level, text)))
-    watcher.health_check_s = 0.2
-    watcher._kick()  # start waiting with the short period
+    watcher, told = checked_often(engine)
     shutil.rmtree(root)
     root.mkdir()
     new = write(root / "cloned.rs", "fresh")
@@ -293,11 +296,7 @@ async def test_a_root_replaced_by_a_new_directory_is_watched_again(
 
 async def test_a_missing_root_is_reported_and_watched_once_it_is_back(watched: Any) -> None:
     engine, root, c = watched
-    watcher = engine.watcher
-    told: list[tuple[int, str]] = []
-    watcher.problem_listeners.append(lambda level, text: told.append((level, text)))
-    watcher.health_check_s = 0.2
-    watcher._kick()
+    watcher, told = checked_often(engine)
     shutil.rmtree(root)
     assert await c.collect(first=10) == [ev(root / "existing.rs", "removed")]
     gone = f"the root {str(root)!r} is gone; it is watched again once it is back"
