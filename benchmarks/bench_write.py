@@ -20,7 +20,7 @@ root is ext4 *without* a journal and mounted with ``discard``, where creating an
 inodes costs far more and fsync far less than usual (see docs/performance.md).
 
 Usage: python benchmarks/bench_write.py [--files 200] [--repeat 5] [--no-mcp] [--json OUT]
-                                        [--dir DIR | --journaled-ext4]
+                                        [--dir DIR | --journaled-ext4] [--blocking-prototype]
 """
 
 from __future__ import annotations
@@ -112,13 +112,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         command=[sys.executable, os.path.join(HERE, "rpc_floor_server.py")]
     )
     mcp = await McpClient.start(mcp_root) if use_mcp else None
+    proto_root = os.path.join(base, "prototype")
+    proto = None
+    if args.blocking_prototype:
+        sets[proto_root] = make_files(proto_root, args.files)
+        gens[proto_root] = 0
+        proto = await PlokeClient.spawn(
+            command=[sys.executable, os.path.join(HERE, "blocking_prototype_server.py"), base]
+        )
 
     def hash_of(path: str) -> str:
         with open(path, "rb") as f:
             return blake3(f.read()).hexdigest()
 
     # What a client knows after each write: the newHash of its answer (no re-read needed).
-    known = {p: hash_of(p) for r in (ours_root, batch_root, rpc_root) for p in sets[r]}
+    known = {p: hash_of(p) for r in sets if r not in (floor_root, mcp_root) for p in sets[r]}
 
     async def run_floor() -> None:
         g = gens[floor_root]
@@ -128,26 +136,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         gens[floor_root] = g + 1
 
     async def run_ours_sequential() -> None:
-        g = gens[ours_root]
-        for p in sets[ours_root]:
+        await sequential(ours, ours_root)
+
+    async def sequential(client: PlokeClient, root: str) -> None:
+        g = gens[root]
+        for p in sets[root]:
             old, new, start = value_edit(p, g)
-            [r] = await ours.write_snippets([{
+            [r] = await client.write_snippets([{
                 "filePath": p, "expectedHash": known[p], "startByte": start,
                 "endByte": start + len(old.encode()), "replacement": new}])  # fmt: skip
             assert r["ok"], r
             known[p] = r["newHash"]
-        gens[ours_root] = g + 1
+        gens[root] = g + 1
 
     async def run_rpc_floor() -> None:
-        g = gens[rpc_root]
-        for p in sets[rpc_root]:
-            old, new, start = value_edit(p, g)
-            [r] = await rpc_floor.write_snippets([{
-                "filePath": p, "expectedHash": known[p], "startByte": start,
-                "endByte": start + len(old.encode()), "replacement": new}])  # fmt: skip
-            assert r["ok"], r
-            known[p] = r["newHash"]
-        gens[rpc_root] = g + 1
+        await sequential(rpc_floor, rpc_root)
+
+    async def run_prototype() -> None:
+        assert proto is not None
+        await sequential(proto, proto_root)
 
     async def run_ours_batch() -> None:
         g = gens[batch_root]
@@ -180,6 +187,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if mcp is not None:
         contenders["MCP edit_file (no fsync)"] = run_mcp
+    if proto is not None:
+        contenders["blocking prototype, 200 req."] = run_prototype
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():
         await fn()  # warm-up
@@ -200,6 +209,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(SETTLE_S)
     await ours.close()
     await rpc_floor.close()
+    if proto is not None:
+        await proto.close()
     if mcp is not None:
         await mcp.close()
 
@@ -277,6 +288,11 @@ def main() -> None:
         "--dir", help="where the files go (default benchmarks/.work): pick the file system"
     )
     ap.add_argument("--json", help="write the figures as JSON here")
+    ap.add_argument(
+        "--blocking-prototype",
+        action="store_true",
+        help="also run blocking_prototype_server.py (our engine without asyncio)",
+    )
     ap.add_argument(
         "--journaled-ext4",
         action="store_true",
