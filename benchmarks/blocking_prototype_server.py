@@ -18,13 +18,17 @@ import os
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
-from ploke_io_server import fastjson
-from ploke_io_server.config import Config
-from ploke_io_server.engine import IoManager
-from ploke_io_server.engine import write as write_mod
-from ploke_io_server.server.models import (
+from rpc_floor_server import read_messages, write_message  # noqa: E402
+
+from ploke_io_server import fastjson  # noqa: E402
+from ploke_io_server.config import Config  # noqa: E402
+from ploke_io_server.engine import IoManager  # noqa: E402
+from ploke_io_server.engine import write as write_mod  # noqa: E402
+from ploke_io_server.server.models import (  # noqa: E402
     STRUCTURE_PARAMS,
     EscapeMemo,
     WriteSnippetsResult,
@@ -40,23 +44,8 @@ def main() -> None:
     engine._close_later = retired.extend  # type: ignore[method-assign]
     structure = STRUCTURE_PARAMS["ploke/writeSnippets"]
     memo = EscapeMemo(0)
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
-    while True:
-        length = -1
-        while True:
-            line = inp.readline()
-            if not line:
-                return
-            if line in (b"\r\n", b"\n"):
-                break
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        msg = fastjson.loads(inp.read(length))
-        if "id" not in msg:
-            if msg.get("method") == "exit":
-                return
-            continue
+    out = sys.stdout.buffer
+    for msg in read_messages(sys.stdin.buffer, fastjson.loads):
         if msg["method"] == "ploke/writeSnippets":
             params = structure(msg["params"])
             result = engine._write_alone(params.edits[0], params.origin, None)
@@ -67,8 +56,7 @@ def main() -> None:
         else:
             answer: Any = {"capabilities": {}} if msg["method"] == "initialize" else None
             body = fastjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": answer})
-        out.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        out.flush()
+        write_message(out, body)
         if retired:
             write_mod.close_retired(retired, engine.retired_budget)
             retired.clear()

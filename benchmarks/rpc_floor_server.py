@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 from blake3 import blake3
 
@@ -40,9 +41,11 @@ def write_one(e: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "oldHash": old, "newHash": new}
 
 
-def main() -> None:
-    inp = sys.stdin.buffer
-    out = sys.stdout.buffer
+def read_messages(
+    inp: BinaryIO, loads: Callable[[bytes], Any] = json.loads
+) -> Iterator[dict[str, Any]]:
+    """Framed JSON-RPC messages from a blocking stream, until EOF or ``exit``; notifications
+    are skipped (shared with blocking_prototype_server.py)."""
     while True:
         length = -1
         while True:
@@ -54,19 +57,29 @@ def main() -> None:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value)
-        msg = json.loads(inp.read(length))
-        if "id" not in msg:
-            if msg.get("method") == "exit":
-                return
-            continue
+        msg = loads(inp.read(length))
+        if "id" in msg:
+            yield msg
+        elif msg.get("method") == "exit":
+            return
+
+
+def write_message(out: BinaryIO, body: bytes) -> None:
+    out.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    out.flush()
+
+
+def main() -> None:
+    out = sys.stdout.buffer
+    for msg in read_messages(sys.stdin.buffer):
         result: Any = None
         if msg["method"] == "ploke/writeSnippets":
             result = {"results": [write_one(e) for e in msg["params"]["edits"]]}
         elif msg["method"] == "initialize":
             result = {"capabilities": {}}
-        body = json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}).encode()
-        out.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        out.flush()
+        write_message(
+            out, json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}).encode()
+        )
 
 
 if __name__ == "__main__":
