@@ -208,6 +208,26 @@ async def test_one_file_named_twice_in_a_batch_is_edited_in_turn(engine: IoManag
     assert f.read_text().startswith("FILE")
 
 
+async def test_one_file_named_three_times_is_edited_in_turn(engine: IoManager) -> None:
+    """Each further spelling goes after the one before it, however many there are: two groups
+    prepared against the same original would both commit, the second undoing the first."""
+    root = Path(engine.config.roots[0])
+    [f] = make_tree(root, dirs=1, per_dir=1)
+    h = b3(f.read_bytes())
+    (root / "l1").symlink_to(root / "d0")
+    (root / "l2").symlink_to(root / "d0")
+    results = await engine.write_snippets(
+        [
+            Edit(str(f), "0" * 64, 0, 4, "FILE"),  # stale: fails, the file is unchanged
+            Edit(str(root / "l1" / f.name), h, 0, 4, "ONE!"),
+            Edit(str(root / "l2" / f.name), h, 0, 4, "TWO!"),
+        ]
+    )
+    kinds = [r.kind if isinstance(r, PlokeIoError) else "ok" for r in results]
+    assert kinds == [ErrorKind.ContentMismatch, "ok", ErrorKind.ContentMismatch], results
+    assert f.read_text().startswith("ONE!")
+
+
 async def test_a_lone_write_is_durable_before_it_returns(
     engine: IoManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -699,10 +699,13 @@ class IoManager:
                 if again is None:  # atomic: the same file named twice
                     return
                 self._commit_chunk(keyed, batch, atomic)
-                if again:
-                    # A file named by two spellings: its second group sees the first's result,
-                    # as two requests one after the other would.
-                    self._commit_chunk(again, batch, False)
+                while again:
+                    # A file named by several spellings: each further group sees the result of
+                    # the one before, as requests one after the other would.
+                    turn = again
+                    again = self._split_repeats(turn, results, False)
+                    assert again is not None
+                    self._commit_chunk(turn, batch, False)
             finally:
                 for loc, _g in located:
                     os.close(loc.dir_fd)
@@ -718,13 +721,15 @@ class IoManager:
         """Take out (into the returned list) the groups whose file an earlier group of the chunk
         already names by another path; in an atomic batch that fails it (None returned)."""
         seen: dict[tuple[int, int, str], list[tuple[int, Edit]]] = {}
-        repeats = []
+        keep: list[_Keyed] = []
+        repeats: list[_Keyed] = []
         for item in keyed:
             key, _loc, group = item
             if key in seen:
                 repeats.append(item)
             else:
                 seen[key] = group
+                keep.append(item)
         if not repeats:
             return []
         if atomic:
@@ -737,7 +742,7 @@ class IoManager:
                 _fail(results, group, twice)
             _abort(results)
             return None
-        keyed[:] = [item for item in keyed if item not in repeats]
+        keyed[:] = keep
         return repeats
 
     def _commit_chunk(self, keyed: list[_Keyed], batch: _WriteBatch, atomic: bool) -> None:
