@@ -536,32 +536,34 @@ class Resolver:
             fd = _openat2(self._root_fd(root, shown), dir_path)
         except OSError:
             return None
-        with self._lock:
-            if not self._closed:
-                existing = self._dirs.get((root, dir_path))
-                if existing is not None:
-                    os.close(fd)
-                    return existing
-                if len(self._dirs) < _DIR_CACHE_MAX:
-                    self._dirs[(root, dir_path)] = fd
-                    return fd
-        os.close(fd)
-        return None
+        cached = self._cache_dir((root, dir_path), fd)
+        if cached is None:
+            os.close(fd)
+        return cached
 
     def _remember(self, root: int, names: list[str], fd: int, owned: list[int]) -> int:
         """Cache a directory descriptor for the batch; returns the descriptor to use."""
-        key = (root, "/".join(names))
-        with self._lock:
-            if not self._closed:
-                existing = self._dirs.get(key)
-                if existing is not None:
-                    os.close(fd)
-                    return existing
-                if len(self._dirs) < _DIR_CACHE_MAX:
-                    self._dirs[key] = fd
-                    return fd
+        cached = self._cache_dir((root, "/".join(names)), fd)
+        if cached is not None:
+            return cached
         owned.append(fd)
         return fd
+
+    def _cache_dir(self, key: tuple[int, str], fd: int) -> int | None:
+        """Keep ``fd`` as the batch's descriptor of ``key``, or close it for the one another
+        worker cached first; returns the descriptor to use, None if it cannot be cached (the
+        Resolver is closed, or the cache is full): ``fd`` is then the caller's to close."""
+        with self._lock:
+            if self._closed:
+                return None
+            existing = self._dirs.get(key)
+            if existing is not None:
+                os.close(fd)
+                return existing
+            if len(self._dirs) >= _DIR_CACHE_MAX:
+                return None
+            self._dirs[key] = fd
+            return fd
 
     @staticmethod
     def _open_dir(parent: int, name: str, shown: str) -> int | None:
