@@ -431,9 +431,7 @@ class Watcher:
         for root in new:
             # Watch first, then index: a change during the walk is hinted and looked at after.
             try:
-                self._watches[root] = self._observer.schedule(
-                    _Handler(self, root), root, recursive=True, event_filter=EVENT_FILTER
-                )
+                self._watch(self._observer, root)
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EMFILE):
                     text = _watch_error(root, exc)
@@ -726,9 +724,7 @@ class Watcher:
             for root in self.roots:
                 if root in self._missing:
                     continue
-                self._watches[root] = observer.schedule(
-                    _Handler(self, root), root, recursive=True, event_filter=EVENT_FILTER
-                )
+                self._watch(observer, root)
         except Exception as exc:
             text = f"a watcher thread stopped and could not be restarted: {exc}"
             log.exception("watcher: %s", text)
@@ -782,9 +778,7 @@ class Watcher:
             if gone is not None and gone in self.errors:
                 self.errors.remove(gone)
             try:
-                self._watches[root] = observer.schedule(
-                    _Handler(self, root), root, recursive=True, event_filter=EVENT_FILTER
-                )
+                self._watch(observer, root)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EMFILE):
                     self._on_watch_limit(root, exc)
@@ -802,6 +796,12 @@ class Watcher:
             )
             self._mark_rescan()
             self._kick()
+
+    def _watch(self, observer: BaseObserver, root: str) -> None:
+        """Schedule the recursive watch of ``root`` (OSError if it cannot be watched)."""
+        self._watches[root] = observer.schedule(
+            _Handler(self, root), root, recursive=True, event_filter=EVENT_FILTER
+        )
 
     def _problem(self, text: str, level: int, *, keep: bool = True) -> None:
         """Log ``text``, tell the sessions, and (``keep``) list it in ``errors`` (status)."""
