@@ -618,7 +618,7 @@ class IoManager:
                     if gate is not None and not gate.may_commit():
                         write.discard(prepared)
                         return None
-                    write.commit(prepared, self.dirs, retired)
+                    write.commit(prepared, self.dirs, retired, key[:2])
                     self._note_write(located, origin, prepared.new_size, prepared.new_hash, key=key)
         finally:
             os.close(located.dir_fd)
@@ -840,15 +840,18 @@ class IoManager:
                 continue
             by_dir.setdefault(key, []).append(p)
 
-        def sync(files: list[write.PreparedFile]) -> PlokeIoError | None:
+        def sync(
+            item: tuple[tuple[int, int], list[write.PreparedFile]],
+        ) -> PlokeIoError | None:
+            key, files = item
             try:
-                self.dirs.sync(files[0].located)
+                self.dirs.sync(files[0].located, key)
             except PlokeIoError as err:
                 return err
             return None
 
-        groups = list(by_dir.values())
-        for files, failure in zip(groups, self._parallel(sync, groups), strict=True):
+        groups = list(by_dir.items())
+        for (_key, files), failure in zip(groups, self._parallel(sync, groups), strict=True):
             for p in files:
                 self._note_write(p.located, batch.origin, p.new_size, p.new_hash)
                 for i, r in p.results:

@@ -474,10 +474,16 @@ def sync_temp(prepared: PreparedFile) -> PlokeIoError | None:
     return None
 
 
-def commit(prepared: PreparedFile, dirs: DirSync, retired: Retired) -> None:
-    """Rename the temp file over the target, then make the rename durable (directory fsync)."""
+def commit(
+    prepared: PreparedFile,
+    dirs: DirSync,
+    retired: Retired,
+    directory: tuple[int, int] | None = None,
+) -> None:
+    """Rename the temp file over the target, then make the rename durable (directory fsync).
+    ``directory``: the target directory's :func:`dir_key`, if the caller has it."""
     rename_into_place(prepared, retired)
-    dirs.sync(prepared.located)
+    dirs.sync(prepared.located, directory)
 
 
 def rename_into_place(prepared: PreparedFile, retired: Retired) -> None:
@@ -528,8 +534,11 @@ class DirSync:
         self._cond = threading.Condition()
         self._dirs: dict[tuple[int, int], _DirState] = {}
 
-    def sync(self, located: Located) -> None:
-        key = dir_key(located)
+    def sync(self, located: Located, key: tuple[int, int] | None = None) -> None:
+        """Return once an fsync of ``located``'s directory (``key``: its :func:`dir_key`, if
+        the caller has it) that started after this call has succeeded."""
+        if key is None:
+            key = dir_key(located)
         cond = self._cond
         with cond:
             state = self._dirs.get(key)
@@ -641,7 +650,8 @@ def create_file(
                 f"{located.shown}: {len(data)} bytes exceeds the limit of {max_bytes} bytes",
                 {"size": len(data), "limit": max_bytes},
             )
-        with locks.hold([lock_key(located)]):
+        key = lock_key(located)
+        with locks.hold([key]):
             exists = _exists(located)
             if exists and not new.overwrite:
                 raise PlokeIoError(ErrorKind.AlreadyExists, f"{located.shown}: already exists")
@@ -671,7 +681,7 @@ def create_file(
                 raise from_os_error(exc, located.shown) from None
             finally:
                 _unlink_quietly(located, temp)
-            dirs.sync(located)
+            dirs.sync(located, key[:2])
             digest = hash_bytes(data)
             committed(located, len(data), digest)
         return Created(file_path=path, file_hash=digest)
