@@ -113,13 +113,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     mcp = await McpClient.start(mcp_root) if use_mcp else None
     proto_root = os.path.join(base, "prototype")
-    proto = None
+    proto = aproto = None
+    aproto_root = os.path.join(base, "aprototype")
     if args.blocking_prototype:
         sets[proto_root] = make_files(proto_root, args.files)
         gens[proto_root] = 0
         proto = await PlokeClient.spawn(
             command=[sys.executable, os.path.join(HERE, "blocking_prototype_server.py"), base]
         )
+    if args.asyncio_prototype:
+        sets[aproto_root] = make_files(aproto_root, args.files)
+        gens[aproto_root] = 0
+        aproto = await PlokeClient.spawn(
+            command=[
+                sys.executable, os.path.join(HERE, "blocking_prototype_server.py"), base,
+                "--asyncio",
+            ]
+        )  # fmt: skip
 
     def hash_of(path: str) -> str:
         with open(path, "rb") as f:
@@ -156,6 +166,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         assert proto is not None
         await sequential(proto, proto_root)
 
+    async def run_aprototype() -> None:
+        assert aproto is not None
+        await sequential(aproto, aproto_root)
+
     async def run_ours_batch() -> None:
         g = gens[batch_root]
         edits = []
@@ -189,6 +203,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         contenders["MCP edit_file (no fsync)"] = run_mcp
     if proto is not None:
         contenders["blocking prototype, 200 req."] = run_prototype
+    if aproto is not None:
+        contenders["asyncio prototype, 200 req."] = run_aprototype
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():
         await fn()  # warm-up
@@ -211,6 +227,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await rpc_floor.close()
     if proto is not None:
         await proto.close()
+    if aproto is not None:
+        await aproto.close()
     if mcp is not None:
         await mcp.close()
 
@@ -292,6 +310,11 @@ def main() -> None:
         "--blocking-prototype",
         action="store_true",
         help="also run blocking_prototype_server.py (our engine without asyncio)",
+    )
+    ap.add_argument(
+        "--asyncio-prototype",
+        action="store_true",
+        help="also run that prototype's --asyncio variant (asyncio pipes, no tasks)",
     )
     ap.add_argument(
         "--journaled-ext4",

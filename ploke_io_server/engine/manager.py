@@ -475,20 +475,13 @@ class IoManager:
         file is checked and every temp file written before any file is replaced; if one
         fails, no file changes. Cancelling works only until the first file is committed.
         """
-        if (
-            inline
-            and not dry_run
-            and len(edits) == 1
-            and isinstance(edits[0], Edit)
-            and len(edits[0].replacement) <= read.INLINE_MAX_BYTES
-            and not TRACE.isEnabledFor(logging.INFO)
-        ):
-            alone = self._write_alone(edits[0], origin, policy)
-            if alone is not None:
+        if inline:
+            done = self.write_now(edits, origin=origin, dry_run=dry_run, policy=policy)
+            if done is not None:
                 if progress is not None:
                     progress(1, 1)
-                return self._finish([alone])
-            inline = False  # too big for the loop: straight to the executor
+                return done
+            inline = False  # not a lone small edit, or too big for the loop: the executor
         results: list[EditResult | PlokeIoError | None] = [None] * len(edits)
         groups = _group_by_path(edits, results, lambda e: e.file_path)
         jobs: list[tuple[str, list[tuple[int, Edit]]]] = []
@@ -559,6 +552,31 @@ class IoManager:
         finally:
             self._close_later(retired.take())
         return self._finish(results)
+
+    def write_now(
+        self,
+        edits: Sequence[Edit | PlokeIoError],
+        *,
+        origin: str | None = None,
+        dry_run: bool = False,
+        policy: PathPolicy | None = None,
+    ) -> list[EditResult | PlokeIoError] | None:
+        """``write_snippets`` of one small edit, synchronously on the calling (event loop)
+        thread, for a caller that knows no other request is running.
+
+        None when that does not apply (a batch, a dry run, a big replacement or file,
+        tracing on): nothing was changed, and the caller takes ``write_snippets``.
+        """
+        if (
+            dry_run
+            or len(edits) != 1
+            or not isinstance(edits[0], Edit)
+            or len(edits[0].replacement) > read.INLINE_MAX_BYTES
+            or TRACE.isEnabledFor(logging.INFO)
+        ):
+            return None
+        alone = self._write_alone(edits[0], origin, policy)
+        return None if alone is None else self._finish([alone])
 
     def _write_alone(
         self, edit: Edit, origin: str | None, policy: PathPolicy | None

@@ -36,11 +36,19 @@ from ..config import ConfigError, SymlinkPolicy
 from ..engine import IoManager
 from ..engine.manager import Latency
 from ..engine.watcher import FileEvent, merge_event
-from ..methods import DID_CHANGE_FILES
+from ..methods import DID_CHANGE_FILES, WRITE_SNIPPETS
 from ..paths import PathPolicy
 from .framing import FrameWriter, Sink
 from .handlers import Handler, register_handlers
-from .models import STRUCTURE_PARAMS, EscapeMemo, ParamsError, batch_size, parse_init_options
+from .models import (
+    STRUCTURE_PARAMS,
+    EscapeMemo,
+    ParamsError,
+    WriteSnippetsParams,
+    WriteSnippetsResult,
+    batch_size,
+    parse_init_options,
+)
 from .protocol import PlokeLanguageServer
 
 __all__ = ["Connection", "Session"]
@@ -348,13 +356,57 @@ class Connection:
             self.send_error(msg_id, INVALID_PARAMS, f"invalid params: {exc}")
             return
         self.engine.counters.requests[method] += 1
+        started = time.perf_counter()
+        if (
+            method == WRITE_SNIPPETS
+            and self.engine.in_flight == 0
+            and params.work_done_token is None
+            and self._write_now(msg_id, params, started)
+        ):
+            return
         self.engine.in_flight += 1
         task = asyncio.get_running_loop().create_task(
-            self._serve(msg_id, handler, params, method, time.perf_counter())
+            self._serve(msg_id, handler, params, method, started)
         )
         self.requests[msg_id] = task
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
+
+    def _write_now(self, msg_id: int | str, params: WriteSnippetsParams, started: float) -> bool:
+        """Serve a lone small write right here, in the read loop, when nothing else is
+        running anywhere in the server: no task, no turn of the loop between the request and
+        its answer (an eighth of a sequential write's time). False when it does not apply:
+        nothing was done, and the request takes the general path."""
+        engine = self.engine
+        engine.in_flight += 1
+        try:
+            results = engine.write_now(
+                params.edits,
+                origin=params.origin,
+                dry_run=params.dry_run,
+                policy=self.session.policy,
+            )
+        except Exception as exc:
+            log.exception("%s: request %r failed", self.name, msg_id)
+            self.send_error(msg_id, INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
+            results = None
+        else:
+            if results is None:
+                return False
+            self.protocol.send_result(msg_id, WriteSnippetsResult(results))
+        finally:
+            engine.in_flight -= 1
+        self._record(WRITE_SNIPPETS, started)
+        return True
+
+    def _record(self, method: str, started: float) -> float:
+        """Add a request's duration to its method's latency; returns it in ms."""
+        ms = (time.perf_counter() - started) * 1000
+        latency = self.engine.counters.latency.get(method)
+        if latency is None:
+            latency = self.engine.counters.latency[method] = Latency()
+        latency.add(ms)
+        return ms
 
     async def _serve(
         self, msg_id: int | str, handler: Handler, params: Any, method: str, started: float
@@ -381,11 +433,7 @@ class Connection:
             self.engine.in_flight -= 1
             if self.requests.get(msg_id) is asyncio.current_task():
                 del self.requests[msg_id]
-            ms = (time.perf_counter() - started) * 1000
-            latency = self.engine.counters.latency.get(method)
-            if latency is None:
-                latency = self.engine.counters.latency[method] = Latency()
-            latency.add(ms)
+            ms = self._record(method, started)
             if TRACE.isEnabledFor(logging.INFO):
                 self._trace(method, msg_id, params, kinds, outcome, ms)
 
