@@ -113,6 +113,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     mcp = await McpClient.start(mcp_root) if use_mcp else None
     proto_root = os.path.join(base, "prototype")
+    alt = None
+    alt_root = os.path.join(base, "alt")
+    if args.alt_env:
+        sets[alt_root] = make_files(alt_root, args.files)
+        gens[alt_root] = 0
+        name, _, value = args.alt_env.partition("=")
+        alt = await PlokeClient.spawn(root=base, env={**os.environ, name: value})
     proto = aproto = None
     aproto_root = os.path.join(base, "aprototype")
     if args.blocking_prototype:
@@ -166,6 +173,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         assert proto is not None
         await sequential(proto, proto_root)
 
+    async def run_alt() -> None:
+        assert alt is not None
+        await sequential(alt, alt_root)
+
     async def run_aprototype() -> None:
         assert aproto is not None
         await sequential(aproto, aproto_root)
@@ -205,6 +216,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         contenders["blocking prototype, 200 req."] = run_prototype
     if aproto is not None:
         contenders["asyncio prototype, 200 req."] = run_aprototype
+    if alt is not None:
+        contenders[f"ours with {args.alt_env}"] = run_alt
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():
         await fn()  # warm-up
@@ -229,6 +242,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await proto.close()
     if aproto is not None:
         await aproto.close()
+    if alt is not None:
+        await alt.close()
     if mcp is not None:
         await mcp.close()
 
@@ -315,6 +330,11 @@ def main() -> None:
         "--asyncio-prototype",
         action="store_true",
         help="also run that prototype's --asyncio variant (asyncio pipes, no tasks)",
+    )
+    ap.add_argument(
+        "--alt-env",
+        metavar="NAME=VALUE",
+        help="A/B: also run our server sequentially with this environment variable set",
     )
     ap.add_argument(
         "--journaled-ext4",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from blake3 import blake3
 from lsprotocol import types as lsp
 
 from ploke_io_server import methods
@@ -398,6 +399,75 @@ async def test_random_garbage_messages_never_take_the_server_down(workspace: Pat
             got += 1
     reply = await raw.request("last", methods.GET_SNIPPETS, {"snippets": [{"filePath": str(f)}]})
     assert reply["result"]["results"][0]["text"] == "still here"
+
+
+async def test_frames_cut_anywhere_or_packed_together(raw_any: Raw, workspace: Path) -> None:
+    """The server cuts frames from its own buffer: a frame split at every byte, frames split
+    at random points, and many frames in one write all read the same."""
+    token = raw_any.token  # type: ignore[attr-defined]
+    await (raw_any.initialize(authToken=token) if token else raw_any.initialize())
+    f = write(workspace / "f.txt", "alpha beta")
+    current = blake3(b"alpha beta").hexdigest()
+
+    def edit(i: int) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": i, "method": methods.WRITE_SNIPPETS, "params": {
+            "edits": [{"filePath": str(f), "expectedHash": current, "startByte": 0,
+                       "endByte": 5, "replacement": f"w{i:04d}"}]}}  # fmt: skip
+
+    # One byte at a time, headers and body alike (and a stray blank line before it).
+    one = b"\r\n" + frame(json.dumps(edit(1)).encode())
+    for i in range(len(one)):
+        raw_any.send_bytes(one[i : i + 1])
+        if i % 7 == 0:
+            await raw_any.writer.drain()
+            await asyncio.sleep(0)
+    reply = await raw_any.response(1)
+    current = reply["result"]["results"][0]["newHash"]
+    assert f.read_text() == "w0001 beta"
+    # 60 requests in one stream cut at random points: each one names the hash the previous
+    # one leaves, so they succeed only if read whole and in order.
+    rng = random.Random(7)
+    stream = b""
+    hashes = []
+    for i in range(2, 62):
+        stream += frame(json.dumps(edit(i)).encode())
+        current = blake3(f"w{i:04d} beta".encode()).hexdigest()
+        hashes.append(current)
+    pos = 0
+    while pos < len(stream):
+        step = rng.choice((1, 2, 3, 17, 64, 500, 4096))
+        raw_any.send_bytes(stream[pos : pos + step])
+        pos += step
+        if rng.random() < 0.3:
+            await raw_any.writer.drain()
+            await asyncio.sleep(0.001)
+    for i in range(2, 62):
+        reply = await raw_any.response(i)
+        assert reply["result"]["results"][0]["ok"], reply
+        assert reply["result"]["results"][0]["newHash"] == hashes[i - 2]
+    assert f.read_text() == "w0061 beta"
+    # Many small frames packed into one write, answered in order.
+    raw_any.send_bytes(b"".join(frame(json.dumps(
+        {"jsonrpc": "2.0", "id": f"s{i}", "method": methods.STATUS}).encode()) for i in range(50)
+    ))  # fmt: skip
+    for i in range(50):
+        assert "result" in await raw_any.response(f"s{i}")
+
+
+async def test_an_overlong_header_line_is_skipped_and_reported(raw_any: Raw) -> None:
+    token = raw_any.token  # type: ignore[attr-defined]
+    await (raw_any.initialize(authToken=token) if token else raw_any.initialize())
+    # Longer than the 1 MiB header limit: sent in pieces, then with its newline at once.
+    for pieces in ([b"X-Padding: " + b"p" * 700_000, b"p" * 700_000 + b"\r\n"],
+                   [b"X-Padding: " + b"p" * 1_500_000 + b"\r\n"]):  # fmt: skip
+        for piece in pieces:
+            raw_any.send_bytes(piece)
+            await raw_any.writer.drain()
+        raw_any.send_bytes(b"Content-Length: 2\r\n\r\n{}")
+        reply = await raw_any.recv()
+        assert reply is not None and error_code(reply) == -32700, reply
+        assert "line too long" in reply["error"]["message"]
+        assert "result" in await raw_any.request(1, methods.STATUS)
 
 
 async def test_oversized_message_is_skipped(workspace: Path) -> None:

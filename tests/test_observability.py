@@ -84,3 +84,29 @@ async def test_write_create_and_scan_spans(workspace: Path) -> None:
     assert spans["write"]["path"] == "d/w.txt" and spans["write"]["outcome"] == "ContentMismatch"
     assert spans["create"]["path"] == "d/n.txt" and spans["create"]["bytes"] == 2
     assert spans["scan"]["directory"] == "d" and spans["scan"]["files"] == 1
+
+
+async def test_lone_writes_are_counted_and_timed_like_any_request(workspace: Path) -> None:
+    """A lone small write is served in the read loop itself, not in a task of its own; it
+    still counts in ploke/status (requests, latency, errors) like every other request."""
+    f = write(workspace / "a.txt", "hello")
+    client = await PlokeClient.spawn(root=str(workspace))
+    try:
+        [h] = await client.hash_files([str(f)])
+        current = h["fileHash"]
+        for i in range(3):
+            [r] = await client.write_snippets([{"filePath": str(f), "expectedHash": current,
+                "startByte": 0, "endByte": 1, "replacement": str(i)}])  # fmt: skip
+            assert r["ok"], r
+            current = r["newHash"]
+        [stale] = await client.write_snippets([{"filePath": str(f), "expectedHash": h["fileHash"],
+            "startByte": 0, "endByte": 1, "replacement": "x"}])  # fmt: skip
+        assert stale["error"]["kind"] == "ContentMismatch"
+        status = await client.status()
+    finally:
+        await client.close()
+    assert f.read_text() == "2ello"
+    counters = status["counters"]
+    assert counters["requests"]["ploke/writeSnippets"] == 4
+    assert counters["latencyMs"]["ploke/writeSnippets"]["count"] == 4
+    assert counters["errors"]["ContentMismatch"] == 1

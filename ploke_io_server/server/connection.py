@@ -69,6 +69,10 @@ MAX_INFLIGHT = 256
 """Requests one connection may have running at once; beyond, it is not read further."""
 PREAUTH_MAX_MESSAGE = 1024 * 1024
 """Largest message a TCP client may send before it has authenticated."""
+HEADER_LINE_MAX = 1024 * 1024
+"""Longest header line read; a longer one is skipped and reported (-32700)."""
+READ_CHUNK = 256 * 1024
+"""Most bytes taken from the stream per read into the connection's buffer."""
 
 # How strict each policy is: a client may pick one at least as strict as an operator's choice.
 _STRICTNESS = {
@@ -135,6 +139,9 @@ class Connection:
         self._outbox_task: asyncio.Task[None] | None = None
         self.requests: dict[int | str, asyncio.Task[None]] = {}
         """``ploke/*`` requests running, by id (for ``$/cancelRequest``)."""
+        self._buf = bytearray()
+        """Bytes read from the client and not yet cut into frames."""
+        self._eof = False
 
     def _preauth(self) -> bool:
         return self.auth_token is not None and self.state is State.NEW
@@ -222,20 +229,59 @@ class Connection:
         if self.inflight:
             await asyncio.gather(*self.inflight, return_exceptions=True)
 
+    async def _more(self) -> bool:
+        """Append the client's next bytes to the buffer; False at EOF."""
+        if self._eof:
+            return False
+        chunk = await self.reader.read(READ_CHUNK)
+        if not chunk:
+            self._eof = True
+            return False
+        self._buf += chunk
+        return True
+
+    async def _header_line(self) -> bytes | None:
+        """The next header line, newline included; None at EOF. A line longer than
+        HEADER_LINE_MAX is discarded whole and returned as b"" (reported by the caller)."""
+        buf = self._buf
+        searched = 0
+        while True:
+            end = buf.find(b"\n", searched)
+            if end >= 0:
+                line = bytes(buf[: end + 1]) if end < HEADER_LINE_MAX else b""
+                del buf[: end + 1]
+                return line
+            searched = len(buf)
+            if searched > HEADER_LINE_MAX:
+                while True:  # skip to the end of the line, a chunk at a time
+                    del buf[:]
+                    if not await self._more():
+                        return None
+                    end = buf.find(b"\n")
+                    if end >= 0:
+                        del buf[: end + 1]
+                        return b""
+            if not await self._more():
+                if buf.strip():
+                    log.info("%s: EOF inside a header", self.name)
+                del buf[:]
+                return None
+
     async def _read_frame(self) -> bytes | None:
+        """The next message body, or None at EOF.
+
+        Frames are cut from the connection's own buffer, one ``read`` per chunk of the
+        stream, not one await per header line and per body: a client that sends one small
+        request at a time costs one wake-up each (see docs/performance.md).
+        """
         length: int | None = None
         problem: str | None = None
         seen_header = False
         while True:
-            try:
-                line = await self.reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial.strip():
-                    log.info("%s: EOF inside a header", self.name)
+            line = await self._header_line()
+            if line is None:
                 return None
-            except asyncio.LimitOverrunError as exc:
-                # Discard the over-long line (without a newline yet) and report it once.
-                await self.reader.readexactly(exc.consumed)
+            if not line:
                 problem = "malformed header: line too long"
                 seen_header = True
                 continue
@@ -273,9 +319,22 @@ class Connection:
                 + (" before authentication" if self._preauth() else " (--max-message-bytes)"),
                 INVALID_REQUEST,
             )
-        return await self.reader.readexactly(length)
+        buf = self._buf
+        if len(buf) >= length:
+            body = bytes(buf[:length])
+            del buf[:length]
+            return body
+        have = bytes(buf)
+        del buf[:]
+        if self._eof:
+            raise asyncio.IncompleteReadError(have, length)
+        return have + await self.reader.readexactly(length - len(have))
 
     async def _discard(self, length: int) -> None:
+        buf = self._buf
+        taken = min(length, len(buf))
+        del buf[:taken]
+        length -= taken
         while length > 0:
             chunk = await self.reader.read(min(length, 1 << 20))
             if not chunk:
