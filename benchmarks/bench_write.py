@@ -8,10 +8,14 @@
       (no path policy, locks, concurrency or error model);
     - the MCP filesystem server's ``edit_file`` on a copy of the same files (it does not fsync).
 (b) the same 200 edits as ONE batch request (files committed in parallel, fsyncs overlapped)
-    against (a)'s 200 sequential requests.
+    against our 200 sequential requests.
 
-Each round runs every contender once, in an order that rotates from round to round (see
-below); ratios are medians of per-round ratios.
+(a) and (b) are two phases of one run, each its own interleaved comparison: each round runs
+every contender of the phase once, in an order that rotates from round to round (see
+below); ratios are medians of per-round ratios. They are separate because on an ext4
+without a journal the inodes every contender frees slow whoever creates files next, and a
+batch (200 creates in ~60 ms) feels that far more than sequential writes do (see
+docs/performance.md). ``--together`` runs all contenders in one phase, as before.
 
 File system: by default the files go under benchmarks/.work, on whatever file system that is.
 ``--journaled-ext4`` (root only: mkfs.ext4 and a loop mount) runs the same benchmark on a fresh
@@ -20,7 +24,9 @@ root is ext4 *without* a journal and mounted with ``discard``, where creating an
 inodes costs far more and fsync far less than usual (see docs/performance.md).
 
 Usage: python benchmarks/bench_write.py [--files 200] [--repeat 5] [--no-mcp] [--json OUT]
-                                        [--dir DIR | --journaled-ext4] [--blocking-prototype]
+                                        [--dir DIR | --journaled-ext4] [--together]
+                                        [--blocking-prototype] [--asyncio-prototype]
+                                        [--alt-env NAME=VALUE]
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from blake3 import blake3
@@ -204,20 +210,69 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             assert not res.get("isError"), res
         gens[mcp_root] = g + 1
 
-    contenders = {
+    seq_name = "ploke-io-server, 200 requests"
+    phase_a = {
         "floor (in-process, durable)": run_floor,
         "RPC floor, 200 requests": run_rpc_floor,
-        "ploke-io-server, 200 requests": run_ours_sequential,
-        "ploke-io-server, 1 batch": run_ours_batch,
+        seq_name: run_ours_sequential,
     }
     if mcp is not None:
-        contenders["MCP edit_file (no fsync)"] = run_mcp
+        phase_a["MCP edit_file (no fsync)"] = run_mcp
     if proto is not None:
-        contenders["blocking prototype, 200 req."] = run_prototype
+        phase_a["blocking prototype, 200 req."] = run_prototype
     if aproto is not None:
-        contenders["asyncio prototype, 200 req."] = run_aprototype
+        phase_a["asyncio prototype, 200 req."] = run_aprototype
     if alt is not None:
-        contenders[f"ours with {args.alt_env}"] = run_alt
+        phase_a[f"ours with {args.alt_env}"] = run_alt
+    phase_b = {seq_name: run_ours_sequential, "ploke-io-server, 1 batch": run_ours_batch}
+    if args.together:
+        phases = [("all contenders together", {**phase_a, **phase_b})]
+    else:
+        phases = [("(a) sequential writes", phase_a), ("(b) batch vs sequential", phase_b)]
+    report: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "files": args.files,
+        "phases": [],
+    }
+    print(f"# {report['machine']}; files on {_filesystem(base)}")
+    print(f"# {args.files} files, one edit each per round; {args.repeat} interleaved rounds")
+    for title, contenders in phases:
+        times = await interleave(contenders, args.repeat)
+        rows = []
+        print(f"## {title}")
+        for name, ts in times.items():
+            row: dict[str, Any] = {
+                "name": name,
+                "median_ms": round(statistics.median(ts) * 1000, 1),
+                "per_file_ms": round(statistics.median(ts) * 1000 / args.files, 2),
+            }
+            line = f"  {name:<30} median {row['median_ms']:8.1f} ms"
+            line += f" ({row['per_file_ms']:.2f} ms/file)"
+            for key, base_name in (("x_floor", "floor (in-process, durable)"),
+                                   ("x_sequential", seq_name)):  # fmt: skip
+                if base_name in times:
+                    ratios = [t / b for t, b in zip(ts, times[base_name], strict=True)]
+                    row[key] = round(statistics.median(ratios), 2)
+                    line += f"  {row[key]:5.2f}x {key[2:]}"
+            rows.append(row)
+            print(line)
+        report["phases"].append({"phase": title, "rows": rows})
+    await ours.close()
+    await rpc_floor.close()
+    for client in (proto, aproto, alt):
+        if client is not None:
+            await client.close()
+    if mcp is not None:
+        await mcp.close()
+    return report
+
+
+async def interleave(
+    contenders: dict[str, Callable[[], Awaitable[None]]], repeat: int
+) -> dict[str, list[float]]:
+    """Run every contender once per round, ``repeat`` rounds; the seconds each took."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():
         await fn()  # warm-up
@@ -226,7 +281,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # perf: ext4_create -> recently_deleted), so whoever runs after a contender pays for its
     # churn. Rotating gives each contender every position equally.
     names = list(contenders)
-    for round_no in range(args.repeat):
+    for round_no in range(repeat):
         shift = round_no % len(names)
         for name in names[shift:] + names[:shift]:
             fn = contenders[name]
@@ -236,44 +291,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # Work a contender leaves behind after answering (our server closes replaced
             # files' descriptors after the reply) must not run inside the next one's timing.
             await asyncio.sleep(SETTLE_S)
-    await ours.close()
-    await rpc_floor.close()
-    if proto is not None:
-        await proto.close()
-    if aproto is not None:
-        await aproto.close()
-    if alt is not None:
-        await alt.close()
-    if mcp is not None:
-        await mcp.close()
-
-    floor_t = times["floor (in-process, durable)"]
-    seq_t = times["ploke-io-server, 200 requests"]
-    report: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "files": args.files,
-        "rows": [],
-    }
-    print(f"# {report['machine']}; files on {_filesystem(base)}")
-    print(f"# {args.files} files, one edit each per round; {args.repeat} interleaved rounds")
-    for name, ts in times.items():
-        to_floor = statistics.median([t / b for t, b in zip(ts, floor_t, strict=True)])
-        to_seq = statistics.median([t / b for t, b in zip(ts, seq_t, strict=True)])
-        row = {
-            "name": name,
-            "median_ms": round(statistics.median(ts) * 1000, 1),
-            "per_file_ms": round(statistics.median(ts) * 1000 / args.files, 2),
-            "x_floor": round(to_floor, 2),
-            "x_sequential": round(to_seq, 2),
-        }
-        report["rows"].append(row)
-        print(
-            f"  {name:<30} median {row['median_ms']:8.1f} ms ({row['per_file_ms']:.2f} ms/file)"
-            f"  {to_floor:5.2f}x floor  {to_seq:5.2f}x ours-sequential"
-        )
-    return report
+    return times
 
 
 def _filesystem(path: str) -> str:
@@ -330,6 +348,11 @@ def main() -> None:
         "--asyncio-prototype",
         action="store_true",
         help="also run that prototype's --asyncio variant (asyncio pipes, no tasks)",
+    )
+    ap.add_argument(
+        "--together",
+        action="store_true",
+        help="one phase: the batch interleaved with every sequential contender (see docs)",
     )
     ap.add_argument(
         "--alt-env",

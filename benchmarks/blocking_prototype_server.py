@@ -91,7 +91,7 @@ async def _serve_asyncio(answer: Any, close_retired: Any) -> None:
                 end = self.buf.find(b"\r\n\r\n")
                 if end < 0:
                     return
-                length = int(self.buf[: end].split(b":")[1])
+                length = int(self.buf[:end].split(b":")[1])
                 if len(self.buf) < end + 4 + length:
                     return
                 msg = fastjson.loads(self.buf[end + 4 : end + 4 + length])
