@@ -22,7 +22,8 @@ import logging
 import os
 import re
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, SupportsIndex
 from urllib.parse import unquote, urlparse
 
 import attrs
@@ -51,7 +52,7 @@ from .models import (
 )
 from .protocol import PlokeLanguageServer
 
-__all__ = ["Connection", "Session"]
+__all__ = ["Connection", "FrameStreamReader", "Session"]
 
 log = logging.getLogger(__name__)
 TRACE = logging.getLogger("ploke_io_server.trace")
@@ -104,6 +105,19 @@ class _FrameError(Exception):
         self.code = code
 
 
+class FrameStreamReader(asyncio.StreamReader):
+    """A StreamReader that first offers what arrives to its connection
+    (:meth:`Connection._frame_on_arrival`), which may serve it at once."""
+
+    on_arrival: Callable[[bytes], bool] | None = None
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        hook = self.on_arrival
+        if hook is not None and isinstance(data, bytes) and hook(data):
+            return
+        super().feed_data(data)
+
+
 class Connection:
     """Serve one client until ``exit``, EOF or a broken transport; returns the exit code."""
 
@@ -142,6 +156,10 @@ class Connection:
         self._buf = bytearray()
         """Bytes read from the client and not yet cut into frames."""
         self._eof = False
+        self._at_boundary = False
+        """The read loop waits for the first byte of a frame, its buffer empty."""
+        if isinstance(reader, FrameStreamReader):
+            reader.on_arrival = self._frame_on_arrival
 
     def _preauth(self) -> bool:
         return self.auth_token is not None and self.state is State.NEW
@@ -229,20 +247,27 @@ class Connection:
         if self.inflight:
             await asyncio.gather(*self.inflight, return_exceptions=True)
 
-    async def _more(self) -> bool:
-        """Append the client's next bytes to the buffer; False at EOF."""
+    async def _more(self, boundary: bool = False) -> bool:
+        """Append the client's next bytes to the buffer; False at EOF. ``boundary``: the
+        buffer is empty between two frames, so the next frame may be served on arrival
+        (:meth:`_frame_on_arrival`)."""
         if self._eof:
             return False
-        chunk = await self.reader.read(READ_CHUNK)
+        self._at_boundary = boundary
+        try:
+            chunk = await self.reader.read(READ_CHUNK)
+        finally:
+            self._at_boundary = False
         if not chunk:
             self._eof = True
             return False
         self._buf += chunk
         return True
 
-    async def _header_line(self) -> bytes | None:
+    async def _header_line(self, first: bool = False) -> bytes | None:
         """The next header line, newline included; None at EOF. A line longer than
-        HEADER_LINE_MAX is discarded whole and returned as b"" (reported by the caller)."""
+        HEADER_LINE_MAX is discarded whole and returned as b"" (reported by the caller).
+        ``first``: no line of this frame was read yet."""
         buf = self._buf
         searched = 0
         while True:
@@ -261,7 +286,7 @@ class Connection:
                     if end >= 0:
                         del buf[: end + 1]
                         return b""
-            if not await self._more():
+            if not await self._more(boundary=first and not buf):
                 if buf.strip():
                     log.info("%s: EOF inside a header", self.name)
                 del buf[:]
@@ -278,7 +303,7 @@ class Connection:
         problem: str | None = None
         seen_header = False
         while True:
-            line = await self._header_line()
+            line = await self._header_line(first=not seen_header)
             if line is None:
                 return None
             if not line:
@@ -341,6 +366,46 @@ class Connection:
                 raise asyncio.IncompleteReadError(b"", length)
             length -= len(chunk)
 
+    def _frame_on_arrival(self, data: bytes) -> bool:
+        """Serve ``data`` as it arrives, without waking the read loop, when it is exactly
+        one plain frame (``Content-Length`` only) and the read loop waits between frames
+        with nothing held back. False: ``data`` goes to the read loop as usual.
+
+        This is the path of a client that sends one request at a time: its request is
+        handled in the same turn of the event loop that read it (a lone small write is then
+        answered before the turn ends: see :meth:`_write_now`).
+        """
+        if not (
+            self._at_boundary
+            and not self._closing
+            and not self._preauth()
+            and self.writer.drained
+            and len(self.inflight) < MAX_INFLIGHT
+            and data.startswith(b"Content-Length:")
+        ):
+            self._at_boundary = False  # the read loop has bytes to read now
+            return False
+        end = data.find(b"\r\n\r\n")
+        try:
+            length = int(data[15:end]) if end > 0 else -1
+        except ValueError:
+            length = -1
+        if length != len(data) - end - 4 or length > self.config.max_message_bytes:
+            self._at_boundary = False
+            return False
+        try:
+            message = fastjson.loads(data[end + 4 :])
+        except ValueError:
+            message = None  # the read loop reports it
+        if not isinstance(message, dict) or message.get("method") == lsp.EXIT:
+            self._at_boundary = False
+            return False
+        try:
+            self._handle_message(message)
+        except Exception:  # a bug of ours must not take the connection down
+            log.exception("%s: error while handling a message", self.name)
+        return True
+
     # -- one message -----------------------------------------------------------------------------
 
     def _handle_body(self, body: bytes) -> int | None:
@@ -350,6 +415,10 @@ class Connection:
         except ValueError as exc:
             self.send_error(None, PARSE_ERROR, f"parse error: {exc}")
             return None
+        return self._handle_message(data)
+
+    def _handle_message(self, data: Any) -> int | None:
+        """Handle one parsed message; returns an exit code when the connection must end."""
         if not isinstance(data, dict):
             self.send_error(
                 None, INVALID_REQUEST, "expected a JSON object (batches are not supported)"

@@ -220,6 +220,11 @@ class FrameWriter:
         if self.queued_bytes <= QUEUE_HIGH_WATER:
             self._drained.set()
 
+    @property
+    def drained(self) -> bool:
+        """No more than QUEUE_HIGH_WATER bytes of responses wait for the client."""
+        return self._drained.is_set()
+
     async def wait_drained(self) -> None:
         """Wait while more than QUEUE_HIGH_WATER bytes of responses wait for the client.
 

@@ -15,7 +15,7 @@ import threading
 from typing import Any
 
 from ..engine import IoManager
-from .connection import Connection
+from .connection import Connection, FrameStreamReader
 from .framing import FileSink, PipeSink, Sink, SocketSink
 from .models import EscapeMemo
 
@@ -36,7 +36,7 @@ def _on_signals(loop: asyncio.AbstractEventLoop, callback: Any) -> None:
 
 
 async def _stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader(limit=_HEADER_LIMIT)
+    reader = FrameStreamReader(limit=_HEADER_LIMIT)
     stdin = os.fdopen(0, "rb", buffering=0, closefd=False)
     try:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
@@ -130,7 +130,10 @@ async def serve_tcp(engine: IoManager, host: str, port: int, token: str | None) 
             connections.pop(conn, None)
             log.info("%s: disconnected", name)
 
-    server = await asyncio.start_server(on_client, host, port, limit=_HEADER_LIMIT)
+    def protocol() -> asyncio.StreamReaderProtocol:  # asyncio.start_server, our reader
+        return asyncio.StreamReaderProtocol(FrameStreamReader(limit=_HEADER_LIMIT), on_client)
+
+    server = await loop.create_server(protocol, host, port)
     bound = server.sockets[0].getsockname()
     print(f"listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
