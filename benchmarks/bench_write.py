@@ -210,18 +210,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             assert not res.get("isError"), res
         gens[mcp_root] = g + 1
 
-    seq_name = "ploke-io-server, 200 requests"
+    seq_name = f"ploke-io-server, {args.files} requests"
     phase_a = {
         "floor (in-process, durable)": run_floor,
-        "RPC floor, 200 requests": run_rpc_floor,
+        f"RPC floor, {args.files} requests": run_rpc_floor,
         seq_name: run_ours_sequential,
     }
     if mcp is not None:
         phase_a["MCP edit_file (no fsync)"] = run_mcp
     if proto is not None:
-        phase_a["blocking prototype, 200 req."] = run_prototype
+        phase_a[f"blocking prototype, {args.files} req."] = run_prototype
     if aproto is not None:
-        phase_a["asyncio prototype, 200 req."] = run_aprototype
+        phase_a[f"asyncio prototype, {args.files} req."] = run_aprototype
     if alt is not None:
         phase_a[f"ours with {args.alt_env}"] = run_alt
     phase_b = {seq_name: run_ours_sequential, "ploke-io-server, 1 batch": run_ours_batch}
