@@ -503,8 +503,8 @@ class Connection:
     def _write_now(self, msg_id: int | str, params: WriteSnippetsParams, started: float) -> bool:
         """Serve a lone small write right here, in the read loop, when nothing else is
         running anywhere in the server: no task, no turn of the loop between the request and
-        its answer (an eighth of a sequential write's time). False when it does not apply:
-        nothing was done, and the request takes the general path."""
+        its answer (docs/performance.md). False when it does not apply: nothing was done,
+        and the request takes the general path."""
         engine = self.engine
         engine.in_flight += 1
         try:
