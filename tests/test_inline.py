@@ -130,3 +130,23 @@ async def test_lone_create_runs_inline(engine: IoManager) -> None:
     [c] = await engine.create_files([NewFile(str(target), "hi", create_parents=True)], inline=True)
     assert isinstance(c, Created)
     assert target.read_text() == "hi"
+
+
+async def test_one_file_with_two_edits_or_a_dry_run_runs_inline(
+    engine: IoManager, reads: Any
+) -> None:
+    """Not the lone-edit shortcut (two edits; a dry run), but still one small file: on the
+    loop's thread all the same."""
+    f = write(root(engine) / "s.rs", "fn a() { b }\n")
+    h = b3(f.read_bytes())
+    r1, r2 = await engine.write_snippets(
+        [Edit(str(f), h, 3, 4, "x"), Edit(str(f), h, 9, 10, "y")], inline=True
+    )
+    assert isinstance(r1, EditResult) and isinstance(r2, EditResult)
+    assert f.read_text() == "fn x() { y }\n"
+    [d] = await engine.write_snippets(
+        [Edit(str(f), b3(f.read_bytes()), 3, 4, "z")], dry_run=True, inline=True
+    )
+    assert isinstance(d, EditResult) and d.diff is not None
+    assert f.read_text() == "fn x() { y }\n"
+    assert reads == [(13, True, 0), (13, True, 0)]

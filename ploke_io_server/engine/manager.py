@@ -475,13 +475,14 @@ class IoManager:
         file is checked and every temp file written before any file is replaced; if one
         fails, no file changes. Cancelling works only until the first file is committed.
         """
-        if inline:
-            done = self.write_now(edits, origin=origin, dry_run=dry_run, policy=policy)
-            if done is not None:
+        lone = self._lone_edit(edits, dry_run) if inline else None
+        if lone is not None:
+            alone = self._write_alone(lone, origin, policy)
+            if alone is not None:
                 if progress is not None:
                     progress(1, 1)
-                return done
-            inline = False  # not a lone small edit, or too big for the loop: the executor
+                return self._finish([alone])
+            inline = False  # too big for the loop: straight to the executor
         results: list[EditResult | PlokeIoError | None] = [None] * len(edits)
         groups = _group_by_path(edits, results, lambda e: e.file_path)
         jobs: list[tuple[str, list[tuple[int, Edit]]]] = []
@@ -567,16 +568,20 @@ class IoManager:
         None when that does not apply (a batch, a dry run, a big replacement or file,
         tracing on): nothing was changed, and the caller takes ``write_snippets``.
         """
-        if (
-            dry_run
-            or len(edits) != 1
-            or not isinstance(edits[0], Edit)
-            or len(edits[0].replacement) > read.INLINE_MAX_BYTES
-            or TRACE.isEnabledFor(logging.INFO)
-        ):
-            return None
-        alone = self._write_alone(edits[0], origin, policy)
+        lone = self._lone_edit(edits, dry_run)
+        alone = None if lone is None else self._write_alone(lone, origin, policy)
         return None if alone is None else self._finish([alone])
+
+    @staticmethod
+    def _lone_edit(edits: Sequence[Edit | PlokeIoError], dry_run: bool) -> Edit | None:
+        """The edit of a write that may take :meth:`_write_alone`: one small edit, not a dry
+        run, tracing off (a write's spans come from the general path)."""
+        if dry_run or len(edits) != 1 or TRACE.isEnabledFor(logging.INFO):
+            return None
+        edit = edits[0]
+        if not isinstance(edit, Edit) or len(edit.replacement) > read.INLINE_MAX_BYTES:
+            return None
+        return edit
 
     def _write_alone(
         self, edit: Edit, origin: str | None, policy: PathPolicy | None
