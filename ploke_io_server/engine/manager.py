@@ -799,11 +799,12 @@ class IoManager:
         at_most = self._chunk_size(len(keyed)) if atomic else len(keyed)
         with self.locks.hold([key for key, _loc, _g in keyed]):
             try:
-                for _key, loc, group in keyed:
+                for key, loc, group in keyed:
                     try:
                         prepared_file = write.prepare_edits(
                             loc, group, batch.max_bytes, dry_run=False, sync=False
                         )
+                        prepared_file.key = key
                         unsynced.append(prepared_file)
                     except PlokeIoError as err:
                         failed = _fail(results, group, err)
@@ -856,12 +857,8 @@ class IoManager:
         results = batch.results
         by_dir: dict[tuple[int, int], list[write.PreparedFile]] = {}
         for p in renamed:
-            try:
-                key = write.dir_key(p.located)
-            except PlokeIoError as err:  # cannot happen on an open descriptor; still, no hole
-                _fail_file(results, p, err)
-                continue
-            by_dir.setdefault(key, []).append(p)
+            assert p.key is not None, "a batch's files are prepared with their lock key"
+            by_dir.setdefault(p.key[:2], []).append(p)
 
         def sync(
             item: tuple[tuple[int, int], list[write.PreparedFile]],
@@ -876,7 +873,7 @@ class IoManager:
         groups = list(by_dir.items())
         for (_key, files), failure in zip(groups, self._parallel(sync, groups), strict=True):
             for p in files:
-                self._note_write(p.located, batch.origin, p.new_size, p.new_hash)
+                self._note_write(p.located, batch.origin, p.new_size, p.new_hash, key=p.key)
                 for i, r in p.results:
                     results[i] = r if failure is None else failure
 

@@ -170,6 +170,8 @@ class PreparedFile:
     """The original's read descriptor, held across the rename (see :class:`Retired`)."""
     temp_fd: int = -1
     """The temp file, written but not yet fsynced (``prepare_edits(sync=False)``)."""
+    key: tuple[int, int, str] | None = None
+    """The file's :func:`lock_key`, when the caller took its lock with it."""
 
 
 class FdBudget:
