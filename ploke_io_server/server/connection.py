@@ -375,36 +375,43 @@ class Connection:
         handled in the same turn of the event loop that read it (a lone small write is then
         answered before the turn ends: see :meth:`_write_now`).
         """
-        if not (
-            self._at_boundary
-            and not self._closing
-            and not self._preauth()
-            and self.writer.drained
-            and len(self.inflight) < MAX_INFLIGHT
-            and data.startswith(b"Content-Length:")
-        ):
+        message = self._plain_frame(data) if self._at_boundary else None
+        if message is None:
             self._at_boundary = False  # the read loop has bytes to read now
-            return False
-        end = data.find(b"\r\n\r\n")
-        try:
-            length = int(data[15:end]) if end > 0 else -1
-        except ValueError:
-            length = -1
-        if length != len(data) - end - 4 or length > self.config.max_message_bytes:
-            self._at_boundary = False
-            return False
-        try:
-            message = fastjson.loads(data[end + 4 :])
-        except ValueError:
-            message = None  # the read loop reports it
-        if not isinstance(message, dict) or message.get("method") == lsp.EXIT:
-            self._at_boundary = False
             return False
         try:
             self._handle_message(message)
         except Exception:  # a bug of ours must not take the connection down
             log.exception("%s: error while handling a message", self.name)
         return True
+
+    def _plain_frame(self, data: bytes) -> dict[str, Any] | None:
+        """The message of ``data`` if it may be served on arrival: exactly one frame with only
+        a ``Content-Length`` header, a JSON object that is not ``exit``, from a client that
+        the read loop would read now (authenticated, responses drained, under MAX_INFLIGHT).
+        None for anything else, which the read loop reads, checks and reports."""
+        if (
+            self._closing
+            or self._preauth()
+            or not self.writer.drained
+            or len(self.inflight) >= MAX_INFLIGHT
+            or not data.startswith(b"Content-Length:")
+        ):
+            return None
+        end = data.find(b"\r\n\r\n")
+        try:
+            length = int(data[15:end]) if end > 0 else -1
+        except ValueError:
+            return None
+        if length != len(data) - end - 4 or length > self.config.max_message_bytes:
+            return None
+        try:
+            message = fastjson.loads(data[end + 4 :])
+        except ValueError:
+            return None
+        if not isinstance(message, dict) or message.get("method") == lsp.EXIT:
+            return None
+        return message
 
     # -- one message -----------------------------------------------------------------------------
 

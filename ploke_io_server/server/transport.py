@@ -23,8 +23,9 @@ __all__ = ["load_or_create_token", "serve_stdio", "serve_tcp"]
 
 log = logging.getLogger(__name__)
 
-# StreamReader limit: the longest header line accepted, and the buffer size above which the
-# reader pauses its transport (2x this). Bodies are read with readexactly and are not bound by it.
+# StreamReader limit: the reader pauses its transport while it holds more than twice this
+# unread. (The longest header line accepted is connection.HEADER_LINE_MAX: a Connection cuts
+# frames from its own buffer, not with readuntil.)
 _HEADER_LIMIT = 1024 * 1024
 _PIPE_BYTES = 1024 * 1024
 
