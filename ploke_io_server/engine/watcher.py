@@ -732,11 +732,7 @@ class Watcher:
                 self.errors.append(text)
                 self._report(_ERROR, text)
             return
-        text = "a watcher thread stopped; it was restarted and the roots rescanned"
-        log.error("%s", text)
-        if text not in self.errors:
-            self.errors.append(text)
-        self._report(_ERROR, text)
+        self._problem("a watcher thread stopped; it was restarted and the roots rescanned", _ERROR)
         self._mark_rescan()
         self._kick()
 
