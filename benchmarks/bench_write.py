@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -118,31 +119,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         command=[sys.executable, os.path.join(HERE, "rpc_floor_server.py")]
     )
     mcp = await McpClient.start(mcp_root) if use_mcp else None
-    proto_root = os.path.join(base, "prototype")
-    alt = None
-    alt_root = os.path.join(base, "alt")
-    if args.alt_env:
-        sets[alt_root] = make_files(alt_root, args.files)
-        gens[alt_root] = 0
-        name, _, value = args.alt_env.partition("=")
-        alt = await PlokeClient.spawn(root=base, env={**os.environ, name: value})
-    proto = aproto = None
-    aproto_root = os.path.join(base, "aprototype")
+    # Optional sequential contenders (phase a), each on its own copy of the files.
+    extras: list[tuple[str, PlokeClient, str]] = []
+
+    async def extra(name: str, directory: str, **spawn: Any) -> None:
+        root = os.path.join(base, directory)
+        sets[root] = make_files(root, args.files)
+        gens[root] = 0
+        extras.append((name, await PlokeClient.spawn(**spawn), root))
+
+    prototype = [sys.executable, os.path.join(HERE, "blocking_prototype_server.py"), base]
     if args.blocking_prototype:
-        sets[proto_root] = make_files(proto_root, args.files)
-        gens[proto_root] = 0
-        proto = await PlokeClient.spawn(
-            command=[sys.executable, os.path.join(HERE, "blocking_prototype_server.py"), base]
-        )
+        await extra(f"blocking prototype, {args.files} req.", "prototype", command=prototype)
     if args.asyncio_prototype:
-        sets[aproto_root] = make_files(aproto_root, args.files)
-        gens[aproto_root] = 0
-        aproto = await PlokeClient.spawn(
-            command=[
-                sys.executable, os.path.join(HERE, "blocking_prototype_server.py"), base,
-                "--asyncio",
-            ]
-        )  # fmt: skip
+        await extra(
+            f"asyncio prototype, {args.files} req.", "aprototype", command=[*prototype, "--asyncio"]
+        )
+    if args.alt_env:
+        name, _, value = args.alt_env.partition("=")
+        await extra(f"ours with {args.alt_env}", "alt", root=base, env={**os.environ, name: value})
 
     def hash_of(path: str) -> str:
         with open(path, "rb") as f:
@@ -175,18 +170,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async def run_rpc_floor() -> None:
         await sequential(rpc_floor, rpc_root)
 
-    async def run_prototype() -> None:
-        assert proto is not None
-        await sequential(proto, proto_root)
-
-    async def run_alt() -> None:
-        assert alt is not None
-        await sequential(alt, alt_root)
-
-    async def run_aprototype() -> None:
-        assert aproto is not None
-        await sequential(aproto, aproto_root)
-
     async def run_ours_batch() -> None:
         g = gens[batch_root]
         edits = []
@@ -218,12 +201,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if mcp is not None:
         phase_a["MCP edit_file (no fsync)"] = run_mcp
-    if proto is not None:
-        phase_a[f"blocking prototype, {args.files} req."] = run_prototype
-    if aproto is not None:
-        phase_a[f"asyncio prototype, {args.files} req."] = run_aprototype
-    if alt is not None:
-        phase_a[f"ours with {args.alt_env}"] = run_alt
+    for name, client, root in extras:
+        phase_a[name] = functools.partial(sequential, client, root)
     phase_b = {seq_name: run_ours_sequential, "ploke-io-server, 1 batch": run_ours_batch}
     if args.together:
         phases = [("all contenders together", {**phase_a, **phase_b})]
@@ -261,9 +240,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         report["phases"].append({"phase": title, "rows": rows})
     await ours.close()
     await rpc_floor.close()
-    for client in (proto, aproto, alt):
-        if client is not None:
-            await client.close()
+    for _name, client, _root in extras:
+        await client.close()
     if mcp is not None:
         await mcp.close()
     return report
