@@ -105,56 +105,62 @@ def value_edit(path: str, gen: int) -> tuple[str, str, int]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     base = os.path.join(args.dir or WORK, "writes")
-    ours_root = os.path.join(base, "ours")
-    batch_root = os.path.join(base, "batch")
-    floor_root = os.path.join(base, "floor")
-    mcp_root = os.path.join(base, "mcp")
-    rpc_root = os.path.join(base, "rpc-floor")
-    roots = (ours_root, batch_root, floor_root, mcp_root, rpc_root)
-    sets = {r: make_files(r, args.files) for r in roots}
-    gens = dict.fromkeys(roots, 0)
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(base)
     use_mcp = not args.no_mcp and ensure_mcp()
     ours = await PlokeClient.spawn(root=base)
     rpc_floor = await PlokeClient.spawn(
         command=[sys.executable, os.path.join(HERE, "rpc_floor_server.py")]
     )
-    mcp = await McpClient.start(mcp_root) if use_mcp else None
-    # Optional sequential contenders (phase a), each on its own copy of the files.
-    extras: list[tuple[str, PlokeClient, str]] = []
-
-    async def extra(name: str, directory: str, **spawn: Any) -> None:
-        root = os.path.join(base, directory)
-        sets[root] = make_files(root, args.files)
-        gens[root] = 0
-        extras.append((name, await PlokeClient.spawn(**spawn), root))
-
+    mcp = await McpClient.start(base) if use_mcp else None
+    # Optional sequential contenders (phase a).
+    extras: list[tuple[str, PlokeClient]] = []
     prototype = [sys.executable, os.path.join(HERE, "blocking_prototype_server.py"), base]
     if args.blocking_prototype:
-        await extra(f"blocking prototype, {args.files} req.", "prototype", command=prototype)
+        extras.append((f"blocking prototype, {args.files} req.", await PlokeClient.spawn(
+            command=prototype)))  # fmt: skip
     if args.asyncio_prototype:
-        await extra(
-            f"asyncio prototype, {args.files} req.", "aprototype", command=[*prototype, "--asyncio"]
-        )
+        extras.append((f"asyncio prototype, {args.files} req.", await PlokeClient.spawn(
+            command=[*prototype, "--asyncio"])))  # fmt: skip
     if args.alt_env:
         name, _, value = args.alt_env.partition("=")
-        await extra(f"ours with {args.alt_env}", "alt", root=base, env={**os.environ, name: value})
+        # PYTHONSAFEPATH: ``python -m`` would otherwise put the current directory first on
+        # sys.path, and run from a checkout it would import that checkout, not PYTHONPATH's.
+        env = {**os.environ, name: value, "PYTHONSAFEPATH": "1"}
+        extras.append((f"ours with {args.alt_env}", await PlokeClient.spawn(root=base, env=env)))
+
+    gens: dict[str, int] = {}  # file set -> the generation its files are at
+    known: dict[str, str] = {}  # path -> its hash, as the last write's answer gave it
+    sets: dict[str, list[str]] = {}
+
+    def file_sets(n: int) -> list[str]:
+        """``n`` directories of ``args.files`` files each; every contender writes in each of
+        them in turn (see :func:`interleave`)."""
+        for i in range(len(sets), n):
+            root = os.path.join(base, f"set{i}")
+            sets[root] = make_files(root, args.files)
+            gens[root] = 0
+            known.update((p, hash_of(p)) for p in sets[root])
+        return list(sets)[:n]
 
     def hash_of(path: str) -> str:
         with open(path, "rb") as f:
             return blake3(f.read()).hexdigest()
 
-    # What a client knows after each write: the newHash of its answer (no re-read needed).
-    known = {p: hash_of(p) for r in sets if r not in (floor_root, mcp_root) for p in sets[r]}
+    stale: set[str] = set()  # file sets written by a contender that does not answer hashes
 
-    async def run_floor() -> None:
-        g = gens[floor_root]
-        for p in sets[floor_root]:
+    def refresh() -> None:
+        """Learn the hashes of the files a floor or MCP round wrote (outside the timings)."""
+        while stale:
+            known.update((p, hash_of(p)) for p in sets[stale.pop()])
+
+    async def run_floor(root: str) -> None:
+        g = gens[root]
+        for p in sets[root]:
             old, new, _ = value_edit(p, g)
             floor_write(p, old, new)
-        gens[floor_root] = g + 1
-
-    async def run_ours_sequential() -> None:
-        await sequential(ours, ours_root)
+        gens[root] = g + 1
+        stale.add(root)
 
     async def sequential(client: PlokeClient, root: str) -> None:
         g = gens[root]
@@ -167,13 +173,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             known[p] = r["newHash"]
         gens[root] = g + 1
 
-    async def run_rpc_floor() -> None:
-        await sequential(rpc_floor, rpc_root)
-
-    async def run_ours_batch() -> None:
-        g = gens[batch_root]
+    async def run_ours_batch(root: str) -> None:
+        g = gens[root]
         edits = []
-        for p in sets[batch_root]:
+        for p in sets[root]:
             old, new, start = value_edit(p, g)
             edits.append({"filePath": p, "expectedHash": known[p], "startByte": start,
                           "endByte": start + len(old.encode()), "replacement": new})  # fmt: skip
@@ -181,28 +184,30 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         assert all(r["ok"] for r in results), results[:2]
         for e, r in zip(edits, results, strict=True):
             known[e["filePath"]] = r["newHash"]
-        gens[batch_root] = g + 1
+        gens[root] = g + 1
 
-    async def run_mcp() -> None:
+    async def run_mcp(root: str) -> None:
         assert mcp is not None
-        g = gens[mcp_root]
-        for p in sets[mcp_root]:
+        g = gens[root]
+        for p in sets[root]:
             old, new, _ = value_edit(p, g)
             res = await mcp.call("tools/call", {"name": "edit_file", "arguments": {
                 "path": p, "edits": [{"oldText": old, "newText": new}]}})  # fmt: skip
             assert not res.get("isError"), res
-        gens[mcp_root] = g + 1
+        gens[root] = g + 1
+        stale.add(root)
 
     seq_name = f"ploke-io-server, {args.files} requests"
-    phase_a = {
+    run_ours_sequential = functools.partial(sequential, ours)
+    phase_a: dict[str, Contender] = {
         "floor (in-process, durable)": run_floor,
-        f"RPC floor, {args.files} requests": run_rpc_floor,
+        f"RPC floor, {args.files} requests": functools.partial(sequential, rpc_floor),
         seq_name: run_ours_sequential,
     }
     if mcp is not None:
         phase_a["MCP edit_file (no fsync)"] = run_mcp
-    for name, client, root in extras:
-        phase_a[name] = functools.partial(sequential, client, root)
+    for name, client in extras:
+        phase_a[name] = functools.partial(sequential, client)
     phase_b = {seq_name: run_ours_sequential, "ploke-io-server, 1 batch": run_ours_batch}
     if args.together:
         phases = [("all contenders together", {**phase_a, **phase_b})]
@@ -218,7 +223,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"# {report['machine']}; files on {_filesystem(base)}")
     print(f"# {args.files} files, one edit each per round; {args.repeat} interleaved rounds")
     for title, contenders in phases:
-        times = await interleave(contenders, args.repeat)
+        times = await interleave(contenders, args.repeat, file_sets(len(contenders)), refresh)
         rows = []
         print(f"## {title}")
         for name, ts in times.items():
@@ -240,32 +245,51 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         report["phases"].append({"phase": title, "rows": rows})
     await ours.close()
     await rpc_floor.close()
-    for _name, client, _root in extras:
+    for _name, client in extras:
         await client.close()
     if mcp is not None:
         await mcp.close()
     return report
 
 
+Contender = Callable[[str], Awaitable[None]]
+"""Runs one round of a contender's edits on the file set (a directory) it is given."""
+
+
 async def interleave(
-    contenders: dict[str, Callable[[], Awaitable[None]]], repeat: int
+    contenders: dict[str, Contender],
+    repeat: int,
+    roots: list[str],
+    between: Callable[[], None] = lambda: None,
 ) -> dict[str, list[float]]:
-    """Run every contender once per round, ``repeat`` rounds; the seconds each took."""
+    """Run every contender once per round, ``repeat`` rounds; the seconds each took.
+
+    Two things rotate from round to round, so that neither favours a contender:
+
+    - the order: on ext4, creating a file costs more right after many files were deleted
+      (the inode allocator skips recently deleted inodes, measured with perf: ext4_create ->
+      recently_deleted), so whoever runs after a contender pays for its churn;
+    - the file set: contender i writes in ``roots[(i + round) % n]``. Each directory's
+      inodes live in their own block group, whose state (how many inodes were deleted there
+      recently, by this run or an earlier one) differs: with fixed directories, two
+      instances of the *same* server measured 1.14 and 1.62 ms per file in one run.
+
+    ``between`` runs after each contender, outside the timings.
+    """
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for fn in contenders.values():
-        await fn()  # warm-up
-    # The order rotates every round: on ext4, creating a file costs more right after many
-    # files were deleted (the inode allocator skips recently deleted inodes, measured with
-    # perf: ext4_create -> recently_deleted), so whoever runs after a contender pays for its
-    # churn. Rotating gives each contender every position equally.
     names = list(contenders)
+    n = len(names)
+    for i, name in enumerate(names):
+        await contenders[name](roots[i])  # warm-up
+        between()
     for round_no in range(repeat):
-        shift = round_no % len(names)
+        shift = round_no % n
         for name in names[shift:] + names[:shift]:
-            fn = contenders[name]
+            root = roots[(names.index(name) + round_no) % n]
             t0 = time.perf_counter()
-            await fn()
+            await contenders[name](root)
             times[name].append(time.perf_counter() - t0)
+            between()
             # Work a contender leaves behind after answering (our server closes replaced
             # files' descriptors after the reply) must not run inside the next one's timing.
             await asyncio.sleep(SETTLE_S)
