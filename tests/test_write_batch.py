@@ -284,6 +284,53 @@ async def test_a_replaced_file_is_closed_once_the_caller_has_the_result(
     assert fds_on(old_inode) == []
 
 
+async def test_a_lone_write_answers_once_durable_and_tidies_up_after(
+    engine: IoManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write_now (the server's lone-write path) hands over the result once the directory
+    fsync is done, and only then closes the replaced file and counts the write."""
+    [f, g] = make_tree(Path(engine.config.roots[0]), dirs=1, per_dir=2)
+    old_inode = f.stat().st_ino
+    dir_syncs: list[str] = []
+    real_fsync = write_mod.fsync_dir
+
+    def fsync_dir(located: object) -> None:
+        real_fsync(located)  # type: ignore[arg-type]
+        dir_syncs.append("synced")
+
+    monkeypatch.setattr(write_mod, "fsync_dir", fsync_dir)
+    seen: list[tuple[list[EditResult | PlokeIoError], bytes, int, int, int]] = []
+
+    def reply(results: list[EditResult | PlokeIoError]) -> None:
+        held = len(fds_on(old_inode))
+        seen.append((results, f.read_bytes(), len(dir_syncs), held, engine.counters.files_written))
+
+    written = engine.counters.files_written
+    assert engine.write_now(edits_for([f]), reply, origin="me")
+    [(results, content, syncs, held, counted)] = seen
+    [r] = results
+    assert isinstance(r, EditResult) and r.new_hash == b3(content)
+    assert content.startswith(b"FILE") and syncs == 1  # renamed and durable when answered
+    assert held == 1 and counted == written  # the bookkeeping comes after the answer...
+    assert fds_on(old_inode) == [] and engine.retired_budget.held == 0  # ... before return
+    assert engine.counters.files_written == written + 1
+
+    # A failed write is answered once too, and counted.
+    seen.clear()
+    mismatches = engine.counters.errors["ContentMismatch"]
+    assert engine.write_now([Edit(str(g), "0" * 64, 0, 1, "x")], reply)
+    [([err], _content, _syncs, _held, _counted)] = seen
+    assert isinstance(err, PlokeIoError) and err.kind is ErrorKind.ContentMismatch
+    assert engine.counters.errors["ContentMismatch"] == mismatches + 1
+
+    # Not a lone write (two edits, a dry run): nothing done, no answer.
+    seen.clear()
+    two = [Edit(str(g), b3(g.read_bytes()), 0, 1, "x"), Edit(str(g), b3(g.read_bytes()), 2, 3, "y")]
+    assert not engine.write_now(two, reply)
+    assert not engine.write_now(edits_for([g]), reply, dry_run=True)
+    assert seen == [] and not g.read_bytes().startswith(b"FILE")
+
+
 async def test_a_big_batch_closes_every_replaced_file(engine: IoManager) -> None:
     files = make_tree(Path(engine.config.roots[0]), dirs=4, per_dir=10)
     await engine.write_snippets(edits_for(files[:1]))  # opens (and caches) the root

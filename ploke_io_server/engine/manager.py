@@ -557,20 +557,43 @@ class IoManager:
     def write_now(
         self,
         edits: Sequence[Edit | PlokeIoError],
+        reply: Callable[[list[EditResult | PlokeIoError]], None],
         *,
         origin: str | None = None,
         dry_run: bool = False,
         policy: PathPolicy | None = None,
-    ) -> list[EditResult | PlokeIoError] | None:
+    ) -> bool:
         """``write_snippets`` of one small edit, synchronously on the calling (event loop)
         thread, for a caller that knows no other request is running.
 
-        None when that does not apply (a batch, a dry run, a big replacement or file,
-        tracing on): nothing was changed, and the caller takes ``write_snippets``.
+        ``reply`` gets the results once: as soon as the change is durable (or has failed),
+        *before* the bookkeeping that follows it on this thread (closing descriptors, the
+        replaced file's among them, counters, the origin record), so that the caller can
+        answer first. Every request the caller reads after this returns sees that
+        bookkeeping done.
+
+        False when that does not apply (a batch, a dry run, a big replacement or file,
+        tracing on): nothing was changed, ``reply`` was not called, and the caller takes
+        ``write_snippets``.
         """
         lone = self._lone_edit(edits, dry_run)
-        alone = None if lone is None else self._write_alone(lone, origin, policy)
-        return None if alone is None else self._finish([alone])
+        if lone is None:
+            return False
+        answered = False
+
+        def durable(result: EditResult | PlokeIoError) -> None:
+            nonlocal answered
+            answered = True
+            reply([result])
+
+        alone = self._write_alone(lone, origin, policy, durable)
+        if alone is None:
+            return False
+        if not answered:
+            reply([alone])
+        if isinstance(alone, PlokeIoError):
+            self.counters.errors[alone.kind.name] += 1
+        return True
 
     @staticmethod
     def _lone_edit(edits: Sequence[Edit | PlokeIoError], dry_run: bool) -> Edit | None:
@@ -584,14 +607,20 @@ class IoManager:
         return edit
 
     def _write_alone(
-        self, edit: Edit, origin: str | None, policy: PathPolicy | None
+        self,
+        edit: Edit,
+        origin: str | None,
+        policy: PathPolicy | None,
+        durable: Callable[[EditResult], None] | None = None,
     ) -> EditResult | PlokeIoError | None:
         """One edit, the only request running, on the loop's thread: the steps of
         ``write_one`` without a batch's machinery (grouping, the commit gate, ``_run``), which
         cost ~45 µs of a write that is ~135 µs without its fsyncs (measured on tmpfs).
 
         None when the file is too big to read on the loop (read.Offload): nothing was changed,
-        and the caller takes the general path.
+        and the caller takes the general path. ``durable`` (see :meth:`write_now`) gets the
+        result of a committed write before the bookkeeping, the replaced file's descriptor
+        is then closed at once instead of on the loop's next turn.
         """
         if edit.start_byte > edit.end_byte:
             return write.validate_group([(0, edit)])
@@ -602,7 +631,9 @@ class IoManager:
         retired = write.Retired(self.retired_budget)
         read.set_inline(True)
         try:
-            prepared = self._edit_file(resolver, path, ((0, edit),), origin, retired)
+            prepared = self._edit_file(
+                resolver, path, ((0, edit),), origin, retired, durable=durable
+            )
         except (PlokeIoError, OSError) as exc:
             return _item_error(exc, resolver, path)
         except read.Offload:
@@ -610,7 +641,10 @@ class IoManager:
         finally:
             read.set_inline(False)
             resolver.close()
-            self._close_later(retired.take())
+            if durable is None:
+                self._close_later(retired.take())
+            else:
+                write.close_retired(retired.take(), self.retired_budget)
         assert prepared is not None
         return prepared.results[0][1]
 
@@ -624,10 +658,12 @@ class IoManager:
         *,
         dry_run: bool = False,
         gate: _CommitGate | None = None,
+        durable: Callable[[EditResult], None] | None = None,
     ) -> write.PreparedFile | None:
         """One file of a non-atomic write: locate it, and under its lock verify and splice
         ``group``, then (unless ``dry_run``) commit it. None if ``gate`` refused the commit
-        (the batch was cancelled): nothing changed."""
+        (the batch was cancelled): nothing changed. ``durable`` gets the first edit's result
+        as soon as the commit is done."""
         located = resolver.locate(path)
         try:
             if located.st is None:
@@ -642,6 +678,8 @@ class IoManager:
                         write.discard(prepared)
                         return None
                     write.commit(prepared, self.dirs, retired, key[:2])
+                    if durable is not None:
+                        durable(prepared.results[0][1])
                     self._note_write(located, origin, prepared.new_size, prepared.new_hash, key=key)
         finally:
             os.close(located.dir_fd)

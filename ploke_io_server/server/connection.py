@@ -37,8 +37,10 @@ from ..config import ConfigError, SymlinkPolicy
 from ..engine import IoManager
 from ..engine.manager import Latency
 from ..engine.watcher import FileEvent, merge_event
+from ..errors import PlokeIoError
 from ..methods import DID_CHANGE_FILES, WRITE_SNIPPETS
 from ..paths import PathPolicy
+from ..types import EditResult
 from .framing import FrameWriter, Sink
 from .handlers import Handler, register_handlers
 from .models import (
@@ -510,33 +512,42 @@ class Connection:
     def _write_now(self, msg_id: int | str, params: WriteSnippetsParams, started: float) -> bool:
         """Serve a lone small write right here, in the read loop, when nothing else is
         running anywhere in the server: no task, no turn of the loop between the request and
-        its answer (docs/performance.md). False when it does not apply: nothing was done,
-        and the request takes the general path."""
+        its answer, and the answer sent as soon as the change is durable, before the
+        engine's bookkeeping (docs/performance.md). False when it does not apply: nothing
+        was done, and the request takes the general path."""
         engine = self.engine
+        answered = 0.0  # when the answer was sent
+
+        def reply(results: list[EditResult | PlokeIoError]) -> None:
+            nonlocal answered
+            self.protocol.send_result(msg_id, WriteSnippetsResult(results))
+            answered = time.perf_counter()
+
         engine.in_flight += 1
         try:
-            results = engine.write_now(
+            if not engine.write_now(
                 params.edits,
+                reply,
                 origin=params.origin,
                 dry_run=params.dry_run,
                 policy=self.session.policy,
-            )
+            ):
+                return False
         except Exception as exc:
             log.exception("%s: request %r failed", self.name, msg_id)
-            self.send_error(msg_id, INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
-            results = None
-        else:
-            if results is None:
-                return False
-            self.protocol.send_result(msg_id, WriteSnippetsResult(results))
+            if not answered:
+                self.send_error(
+                    msg_id, INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}"
+                )
         finally:
             engine.in_flight -= 1
-        self._record(WRITE_SNIPPETS, started)
+        self._record(WRITE_SNIPPETS, started, answered)
         return True
 
-    def _record(self, method: str, started: float) -> float:
-        """Add a request's duration to its method's latency; returns it in ms."""
-        ms = (time.perf_counter() - started) * 1000
+    def _record(self, method: str, started: float, ended: float = 0.0) -> float:
+        """Add a request's duration (until ``ended``, or now) to its method's latency;
+        returns it in ms."""
+        ms = ((ended or time.perf_counter()) - started) * 1000
         latency = self.engine.counters.latency.get(method)
         if latency is None:
             latency = self.engine.counters.latency[method] = Latency()
