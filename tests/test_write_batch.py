@@ -288,7 +288,7 @@ async def test_a_lone_write_answers_once_durable_and_tidies_up_after(
     engine: IoManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """write_now (the server's lone-write path) hands over the result once the directory
-    fsync is done, and only then closes the replaced file and counts the write."""
+    fsync is done, and only then counts the write and closes the replaced file."""
     [f, g] = make_tree(Path(engine.config.roots[0]), dirs=1, per_dir=2)
     old_inode = f.stat().st_ino
     dir_syncs: list[str] = []
@@ -312,8 +312,11 @@ async def test_a_lone_write_answers_once_durable_and_tidies_up_after(
     assert isinstance(r, EditResult) and r.new_hash == b3(content)
     assert content.startswith(b"FILE") and syncs == 1  # renamed and durable when answered
     assert held == 1 and counted == written  # the bookkeeping comes after the answer...
-    assert fds_on(old_inode) == [] and engine.retired_budget.held == 0  # ... before return
-    assert engine.counters.files_written == written + 1
+    assert engine.counters.files_written == written + 1  # ... before write_now returns
+    deadline = time.monotonic() + 10  # the replaced file is closed by the closer thread
+    while time.monotonic() < deadline and (fds_on(old_inode) or engine.retired_budget.held):
+        time.sleep(0.001)
+    assert fds_on(old_inode) == [] and engine.retired_budget.held == 0
 
     # A failed write is answered once too, and counted.
     seen.clear()

@@ -206,6 +206,7 @@ class IoManager:
         self._cleaned: set[str] = set()
         self.retired_budget = write.FdBudget(2 * config.fd_limit)
         """Replaced files' descriptors held until their requests are answered (write.Retired)."""
+        self._closer = write.Closer(self.retired_budget)
         self._pool_lock = threading.Lock()
         self._fsyncs: ThreadPoolExecutor | None = None
         self._executor = ThreadPoolExecutor(
@@ -567,10 +568,10 @@ class IoManager:
         thread, for a caller that knows no other request is running.
 
         ``reply`` gets the results once: as soon as the change is durable (or has failed),
-        *before* the bookkeeping that follows it on this thread (closing descriptors, the
-        replaced file's among them, counters, the origin record), so that the caller can
-        answer first. Every request the caller reads after this returns sees that
-        bookkeeping done.
+        *before* the bookkeeping that follows it on this thread (closing descriptors,
+        counters, the origin record), so that the caller can answer first. Every request the
+        caller reads after this returns sees that bookkeeping done. The replaced file's
+        descriptor goes to a thread of its own (write.Closer).
 
         False when that does not apply (a batch, a dry run, a big replacement or file,
         tracing on): nothing was changed, ``reply`` was not called, and the caller takes
@@ -641,10 +642,11 @@ class IoManager:
         finally:
             read.set_inline(False)
             resolver.close()
+            fds = retired.take()
             if durable is None:
-                self._close_later(retired.take())
-            else:
-                write.close_retired(retired.take(), self.retired_budget)
+                self._close_later(fds)
+            elif fds:
+                self._closer.put(fds)
         assert prepared is not None
         return prepared.results[0][1]
 
@@ -1068,6 +1070,7 @@ class IoManager:
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
         if self._fsyncs is not None:
             self._fsyncs.shutdown(wait=True)
+        self._closer.stop()
         self.root_fds.close()
 
     # -- batch runner --------------------------------------------------------------------------
