@@ -58,6 +58,11 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
 _DIR_FLAGS = _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | _O_CLOEXEC
+_BENEATH_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC
+"""A file's directory opened by ``openat2``: for reading, not O_PATH, so that a write can
+fsync the directory through it (write.fsync_dir) instead of opening it again. A directory
+that cannot be read fails, and the component walk (O_PATH) takes over: its fsync would fail
+either way."""
 
 T = TypeVar("T")
 
@@ -84,7 +89,9 @@ def _load_openat2() -> Callable[[int, str], int] | None:
     except (OSError, AttributeError):
         return None
     syscall.restype = ctypes.c_long
-    how = _OpenHow(_DIR_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+    how = _OpenHow(
+        _BENEATH_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
+    )
     how_ref = ctypes.byref(how)
     size = ctypes.c_size_t(ctypes.sizeof(how))
     nr = ctypes.c_long(_SYS_OPENAT2)

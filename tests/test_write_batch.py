@@ -334,6 +334,33 @@ async def test_a_lone_write_answers_once_durable_and_tidies_up_after(
     assert seen == [] and not g.read_bytes().startswith(b"FILE")
 
 
+async def test_the_directory_fsync_reaches_the_file_s_directory(
+    engine: IoManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file below the root (its directory opened by openat2, for reading) and one in the
+    root itself (an O_PATH descriptor, which cannot be fsynced): each write ends with a
+    successful fsync of the file's own directory."""
+    root = Path(engine.config.roots[0])
+    below = write(root / "a" / "b" / "f.txt", "below\n")
+    top = write(root / "g.txt", "top\n")
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for f in (below, top, below):
+        synced.clear()
+        assert engine.write_now(edits_for([f]), lambda results: None)
+        directory = f.parent.stat()
+        assert synced[-1] == (directory.st_dev, directory.st_ino)
+        assert f.read_text().startswith("FILE")
+        f.write_text("next\n")
+
+
 async def test_a_big_batch_closes_every_replaced_file(engine: IoManager) -> None:
     files = make_tree(Path(engine.config.roots[0]), dirs=4, per_dir=10)
     await engine.write_snippets(edits_for(files[:1]))  # opens (and caches) the root

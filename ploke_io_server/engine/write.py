@@ -627,11 +627,17 @@ class DirSync:
 
 def fsync_dir(located: Located) -> None:
     try:
-        dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=located.dir_fd)
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            os.fsync(located.dir_fd)  # a directory opened for reading (paths._BENEATH_FLAGS)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+            # An O_PATH descriptor (the root, or a directory the component walk opened).
+            dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=located.dir_fd)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
     except OSError as exc:
         raise from_os_error(exc, located.shown) from None
 
