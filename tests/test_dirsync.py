@@ -3,7 +3,8 @@
 The property: a writer's ``sync`` returns only after an fsync of its directory that *started
 after* its rename finished. A spy around ``write.fsync_dir`` records when each real fsync
 started and ended; faults are injected there to check that a failed fsync fails every writer
-it covered and is not retried for them.
+it covered and is not retried for them. Also FileLocks, the per-entry locks every write
+takes.
 """
 
 from __future__ import annotations
@@ -135,3 +136,44 @@ def test_a_lone_writer_pays_exactly_one_fsync(
         for f in (tmp_path / "d").iterdir():
             f.unlink()
     assert len(calls) == 3
+
+
+def test_file_locks_exclude_per_entry_take_sets_in_order_and_forget_released_entries() -> None:
+    """FileLocks with real threads: a holder of entry a blocks a batch wanting (b, a) until
+    it lets go, while entry b stays free for others meanwhile (the batch takes a first);
+    released entries are dropped."""
+    locks = write.FileLocks()
+    a, b = (1, 2, "a"), (1, 2, "b")
+    events: list[str] = []
+    release_a = threading.Event()
+    batch_done = threading.Event()
+
+    def hold_a() -> None:
+        with locks.hold([a]):
+            events.append("a held")
+            release_a.wait(10)
+            events.append("a released")
+
+    def batch() -> None:
+        with locks.hold([b, a, a]):
+            events.append("batch in")
+        batch_done.set()
+
+    t1 = threading.Thread(target=hold_a)
+    t1.start()
+    while "a held" not in events:
+        time.sleep(0.001)
+    t2 = threading.Thread(target=batch)
+    t2.start()
+    assert not batch_done.wait(0.2)  # blocked on a
+    with locks.hold([b]):  # b is not taken by the waiting batch
+        events.append("b alone")
+    release_a.set()
+    assert batch_done.wait(10)
+    t1.join()
+    t2.join()
+    assert events == ["a held", "b alone", "a released", "batch in"]
+    assert locks._locks == {}
+    with pytest.raises(KeyError), locks.hold([a]):
+        raise KeyError("a failure inside")
+    assert locks._locks == {}

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 
 from ploke_io_server.errors import ErrorKind, PlokeIoError
+from ploke_io_server.server.framing import FrameWriter
 from ploke_io_server.server.models import (
     EscapeMemo,
     GetSnippetsResult,
     HashFilesResult,
+    WriteSnippetsResult,
     encode_response,
     structure_get_snippets,
 )
-from ploke_io_server.types import FileHash, Snippet, SnippetRequest
+from ploke_io_server.server.protocol import PlokeLanguageServer
+from ploke_io_server.types import EditResult, FileHash, Snippet, SnippetRequest
 
 
 def decode(chunks: list[bytes] | None) -> dict[str, object]:
@@ -70,3 +73,55 @@ def test_items_of_the_wrong_type_fail_alone() -> None:
     assert first == SnippetRequest("/a")
     assert isinstance(second, PlokeIoError) and second.kind is ErrorKind.InvalidRange
     assert isinstance(third, PlokeIoError) and third.kind is ErrorKind.InvalidPath
+
+
+class _ListSink:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def writable_now(self) -> bool:
+        return True
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
+
+
+def _bodies(raw: bytes) -> list[dict[str, object]]:
+    out = []
+    while raw:
+        header, _, rest = raw.partition(b"\r\n\r\n")
+        length = int(header.split(b":")[1])
+        out.append(json.loads(rest[:length]))
+        raw = rest[length:]
+    return out
+
+
+async def test_a_result_that_cannot_be_encoded_is_answered_with_an_internal_error() -> None:
+    """send_result: a batch result goes to its encoder; if encoding fails, the request still
+    gets an answer (-32603) and the next one is answered as usual."""
+    server = PlokeLanguageServer()
+    sink = _ListSink()
+    server.protocol.frame_writer = FrameWriter(sink)
+    ok = EditResult("/r/a.rs", "a" * 64, "b" * 64, 1, 2)
+    broken = EditResult("/r/a.rs", "a" * 64, "b" * 64, 1, 2, diff=object())  # type: ignore[arg-type]
+    server.protocol.send_result(7, WriteSnippetsResult([broken]))
+    server.protocol.send_result(8, WriteSnippetsResult([ok]))
+    first, second = _bodies(sink.data)
+    assert first == {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "error": {"code": -32603, "message": "internal error: cannot encode the result"},
+    }
+    assert second["id"] == 8
+    assert second["result"] == {"results": [{
+        "ok": True, "filePath": "/r/a.rs", "oldHash": "a" * 64, "newHash": "b" * 64,
+        "newStartByte": 1, "newEndByte": 2}]}  # fmt: skip

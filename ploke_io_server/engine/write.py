@@ -26,7 +26,7 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -115,32 +115,52 @@ class FileLocks:
         self._guard = threading.Lock()
         self._locks: dict[tuple[int, int, str], _LockEntry] = {}
 
-    @contextlib.contextmanager
-    def hold(self, keys: Sequence[tuple[int, int, str]]) -> Iterator[None]:
+    def hold(self, keys: Sequence[tuple[int, int, str]]) -> _Held:
         """Hold the locks of ``keys`` (taken in sorted order: no deadlock between batches)."""
-        ordered = sorted(set(keys))
-        entries: list[_LockEntry] = []
-        with self._guard:
-            for key in ordered:
-                entry = self._locks.get(key)
+        return _Held(self, sorted(set(keys)) if len(keys) > 1 else list(keys))
+
+
+class _Held:
+    """The context manager of :meth:`FileLocks.hold` (a class: the write path's hottest one)."""
+
+    __slots__ = ("_entries", "_keys", "_locks", "_taken")
+
+    def __init__(self, locks: FileLocks, keys: list[tuple[int, int, str]]) -> None:
+        self._locks = locks
+        self._keys = keys
+        self._entries: list[_LockEntry] = []
+        self._taken = 0
+
+    def __enter__(self) -> None:
+        locks = self._locks
+        entries = self._entries
+        with locks._guard:
+            for key in self._keys:
+                entry = locks._locks.get(key)
                 if entry is None:
-                    entry = self._locks[key] = _LockEntry()
+                    entry = locks._locks[key] = _LockEntry()
                 entry.users += 1
                 entries.append(entry)
-        taken: list[_LockEntry] = []
         try:
             for entry in entries:
                 entry.lock.acquire()
-                taken.append(entry)
-            yield
-        finally:
-            for entry in reversed(taken):
-                entry.lock.release()
-            with self._guard:
-                for key, entry in zip(ordered, entries, strict=True):
-                    entry.users -= 1
-                    if entry.users == 0:
-                        del self._locks[key]
+                self._taken += 1
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        entries = self._entries
+        for entry in reversed(entries[: self._taken]):
+            entry.lock.release()
+        self._taken = 0
+        locks = self._locks
+        with locks._guard:
+            for key, entry in zip(self._keys, entries, strict=True):
+                entry.users -= 1
+                if entry.users == 0:
+                    del locks._locks[key]
+        entries.clear()
 
 
 def dir_key(located: Located) -> tuple[int, int]:

@@ -45,8 +45,20 @@ class PlokeProtocol(LanguageServerProtocol):
         return obj.__dict__
 
     def send_result(self, msg_id: Any, result: Any) -> None:
-        """Answer request ``msg_id`` with ``result`` (the path of every ``ploke/*`` answer)."""
-        self._send_data(JsonRPCResponseMessage(id=msg_id, result=result, jsonrpc="2.0"))
+        """Answer request ``msg_id`` with ``result`` (the path of every ``ploke/*`` answer):
+        a batch result straight to its encoder, anything else through :meth:`_send_data`."""
+        writer = self.frame_writer
+        if writer is None:
+            return
+        try:
+            chunks = encode_response(msg_id, result, self.escape_memo)
+        except Exception:
+            self._cannot_encode(writer, msg_id)
+            return
+        if chunks is None:
+            self._send_data(JsonRPCResponseMessage(id=msg_id, result=result, jsonrpc="2.0"))
+        else:
+            writer.send(chunks)
 
     def _send_data(self, data: Any) -> None:
         writer = self.frame_writer
@@ -59,14 +71,20 @@ class PlokeProtocol(LanguageServerProtocol):
             if chunks is None:
                 chunks = [json.dumps(data, default=self._default).encode()]
         except Exception:
-            log.exception("cannot encode an outgoing message")
-            msg_id = getattr(data, "id", None)
-            if msg_id is not None and not hasattr(data, "method"):
-                error = {"code": -32603, "message": "internal error: cannot encode the result"}
-                body = {"jsonrpc": "2.0", "id": msg_id, "error": error}
-                writer.send([json.dumps(body).encode()])
+            if not hasattr(data, "method"):
+                self._cannot_encode(writer, getattr(data, "id", None))
+            else:
+                log.exception("cannot encode an outgoing message")
             return
         writer.send(chunks)
+
+    @staticmethod
+    def _cannot_encode(writer: FrameWriter, msg_id: Any) -> None:
+        """Log the exception being handled; answer ``msg_id`` (if any) with -32603."""
+        log.exception("cannot encode an outgoing message")
+        if msg_id is not None:
+            error = {"code": -32603, "message": "internal error: cannot encode the result"}
+            writer.send([json.dumps({"jsonrpc": "2.0", "id": msg_id, "error": error}).encode()])
 
 
 class PlokeLanguageServer(LanguageServer):
