@@ -620,8 +620,8 @@ class IoManager:
 
         None when the file is too big to read on the loop (read.Offload): nothing was changed,
         and the caller takes the general path. ``durable`` (see :meth:`write_now`) gets the
-        result of a committed write before the bookkeeping, the replaced file's descriptor
-        is then closed at once instead of on the loop's next turn.
+        result of a committed write before the bookkeeping; the replaced file's descriptor
+        then goes to the closer thread (write.Closer) instead of the loop's next turn.
         """
         if edit.start_byte > edit.end_byte:
             return write.validate_group([(0, edit)])
