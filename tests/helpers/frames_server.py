@@ -4,8 +4,12 @@ and packed as the request's method asks (tests/test_client_frames.py)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+from rpc_floor_server import read_messages  # the same blocking frame reader
 
 
 def frame(obj: object) -> bytes:
@@ -15,20 +19,7 @@ def frame(obj: object) -> bytes:
 
 def main() -> None:
     inp, out = sys.stdin.buffer, sys.stdout.buffer
-    while True:
-        length = -1
-        while True:
-            line = inp.readline()
-            if not line:
-                return
-            if line == b"\r\n":
-                break
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        msg = json.loads(inp.read(length))
-        if "id" not in msg:
-            continue
+    for msg in read_messages(inp):  # the requests (notifications are skipped)
         method, msg_id = msg["method"], msg["id"]
         answer = frame({"jsonrpc": "2.0", "id": msg_id, "result": {"method": method, "n": 2**40}})
         if method == "silent":
