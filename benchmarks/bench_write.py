@@ -240,6 +240,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     ratios = [t / b for t, b in zip(ts, times[base_name], strict=True)]
                     row[key] = round(statistics.median(ratios), 2)
                     line += f"  {row[key]:5.2f}x {key[2:]}"
+                    if len(ratios) >= 4 and name != base_name:
+                        # the spread of the per-round ratios: how much one round tells
+                        q1, _q2, q3 = statistics.quantiles(ratios, n=4)
+                        row[f"{key}_p25_p75"] = [round(q1, 2), round(q3, 2)]
+                        line += f" ({q1:.2f}-{q3:.2f})"
             rows.append(row)
             print(line)
         report["phases"].append({"phase": title, "rows": rows})
