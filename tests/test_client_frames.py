@@ -1,5 +1,6 @@
 """PlokeClient's frame reader against a real process writing frames cut at every byte,
-packed with a notification, malformed, or cut short by its exit."""
+packed with a notification, malformed, or cut short by its exit; and the same parser behind
+a client built on a plain stream."""
 
 from __future__ import annotations
 
@@ -42,3 +43,33 @@ async def test_a_malformed_or_cut_answer_fails_what_is_pending_and_closes(method
         if client.process is not None:
             client.process.kill()
             await client.process.wait()
+
+
+class _Sent:
+    """The write side of a client built on a plain stream: keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+async def test_a_client_on_a_plain_stream_reads_it_with_the_same_frame_parser() -> None:
+    """PlokeClient(reader, writer) on any StreamReader: a task feeds the parser that
+    spawn() and connect() feed as bytes arrive; frames cut anywhere, then EOF."""
+    reader = asyncio.StreamReader()
+    client = PlokeClient(reader, _Sent())
+    msg_id, answer = client.send_request("m")
+    _other, never = client.send_request("n")
+    body = b'{"jsonrpc":"2.0","id":%d,"result":{"v":"\xc3\xa9"}}' % msg_id
+    frame = b"Content-Length: %d\r\n\r\n" % len(body) + body
+    for i in range(0, len(frame), 7):
+        reader.feed_data(frame[i : i + 7])
+        await asyncio.sleep(0)
+    assert await asyncio.wait_for(answer, 10) == {"v": "é"}
+    reader.feed_data(b"Content-Length: 9\r\n\r\n{")  # cut short by EOF
+    reader.feed_eof()
+    with pytest.raises(ConnectionError, match="server closed the connection"):
+        await asyncio.wait_for(never, 10)
+    await asyncio.wait_for(client.closed, 10)
